@@ -1,0 +1,185 @@
+"""A GPT-2-style decoder, read top to bottom in the order the data flows through it:
+
+    token ids -> embedding * sqrt(d_model) + sinusoidal positions -> dropout
+              -> N x [causal self-attention, feed-forward], each wrapped in residual + LayerNorm
+              -> output projection tied to the embedding -> logits (and cross-entropy, given targets)
+
+Plain PyTorch only: this package never imports accelerate, deepspeed, wandb or transformers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import GPTConfig
+
+IGNORE_INDEX = -100  # targets with this value (padding) are left out of the loss
+
+
+def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
+    """The fixed encoding of Vaswani et al.: PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(...).
+
+    Computed, not learned: it adds no parameters, which matters when 58 % of the model is already
+    the embedding table.
+    """
+    position = torch.arange(length, dtype=torch.float32).unsqueeze(1)
+    inv_freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    table = torch.zeros(length, d_model)
+    table[:, 0::2] = torch.sin(position * inv_freq)
+    table[:, 1::2] = torch.cos(position * inv_freq)
+    return table
+
+
+class KVCache:
+    """Keys and values of every layer for the positions seen so far, preallocated to the context.
+
+    With it, generating one more token runs the model over one position instead of the whole prefix.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, device, dtype):
+        shape = (config.n_layer, batch_size, config.n_head, config.context_length, config.head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0  # positions filled so far
+        self.capacity = config.context_length
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this layer's new k, v (B, H, T, hd) after the cached ones; return all of them."""
+        start, end = self.length, self.length + k.shape[2]
+        self.keys[layer, :, :, start:end] = k
+        self.values[layer, :, :, start:end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer_index: int):
+        super().__init__()
+        self.n_head, self.head_dim = config.n_head, config.head_dim
+        self.layer_index = layer_index
+        # One fused projection for q, k and v: one large matmul is faster than three small ones.
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
+        self.proj = nn.Linear(config.d_model, config.d_model)
+        self.attn_dropout = config.dropout
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.update(self.layer_index, k, v)
+        # SDPA picks flash / memory-efficient kernels on GPU and a fused kernel on CPU; it is the
+        # textbook softmax(QK^T / sqrt(d_k)) V (tests compare the two).  Its is_causal flag aligns
+        # the mask top-left, which is right only when queries and keys start together, so a
+        # multi-token step on top of a cache gets an explicit mask instead.
+        if past == 0:
+            mask, causal = None, True
+        elif T == 1:
+            mask, causal = None, False  # one new query may see every cached key
+        else:
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            causal = False
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.attn_dropout if self.training else 0.0
+        )
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class FeedForward(nn.Module):
+    """Position-wise d_model -> d_ff -> d_model with GELU, applied to every position alike."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.up = nn.Linear(config.d_model, config.d_ff)
+        self.down = nn.Linear(config.d_ff, config.d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.gelu(self.up(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig, layer_index: int):
+        super().__init__()
+        self.pre_norm = config.norm == "pre"
+        self.attn = CausalSelfAttention(config, layer_index)
+        self.norm1 = nn.LayerNorm(config.d_model)
+        self.ffn = FeedForward(config)
+        self.norm2 = nn.LayerNorm(config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        if self.pre_norm:  # x + Sublayer(LN(x))
+            x = x + self.dropout(self.attn(self.norm1(x), cache))
+            return x + self.dropout(self.ffn(self.norm2(x)))
+        # post-LN, the paper's placement: LN(x + Sublayer(x))
+        x = self.norm1(x + self.dropout(self.attn(x, cache)))
+        return self.norm2(x + self.dropout(self.ffn(x)))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.register_buffer(
+            "positions", sinusoidal_positions(config.context_length, config.d_model), persistent=False
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        # Post-LN already ends every block in a LayerNorm; pre-LN needs one before the head.
+        self.final_norm = nn.LayerNorm(config.d_model) if config.norm == "pre" else nn.Identity()
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.head.weight = self.embed.weight  # tied: one (vocab x d_model) tensor, 25.7 M params in `paper`
+        # With N(0, 0.02) weights a raw embedding is ~50x smaller than the +-1 sinusoids and would be
+        # drowned by them; scaling by sqrt(d_model), as Vaswani et al. do, puts the two on a par.
+        self.embed_scale = math.sqrt(config.d_model)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # parameters() yields the tied tensor once
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) token ids -> (logits, loss).
+
+        loss is the mean cross-entropy over targets != IGNORE_INDEX (None without targets).
+        `cache` continues from the positions already cached; `last_only` computes the 50,257-way
+        head for the final position only, which is all that generation needs.
+        """
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.context_length:
+            raise ValueError(
+                f"sequence of {start + T} tokens exceeds the context length {self.config.context_length}"
+            )
+        x = self.embed(idx) * self.embed_scale + self.positions[start : start + T]
+        x = self.dropout(x)
+        for block in self.blocks:
+            x = block(x, cache)
+        if cache is not None:
+            cache.length += T
+        x = self.final_norm(x)
+        if last_only:
+            x = x[:, -1:, :]
+        logits = self.head(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(
+                logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX
+            )
+        return logits, loss

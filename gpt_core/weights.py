@@ -1,0 +1,62 @@
+"""Model weights on disk: `model.safetensors` + `config.json` in one folder.
+
+safetensors holds tensors only, so loading a model never executes code from the file (unlike a
+pickle).  Any folder written by `save_pretrained` loads with `load_pretrained` and plain PyTorch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+
+from .config import ConfigError, GPTConfig
+from .model import GPT
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+class CheckpointError(ValueError):
+    """A weights folder that cannot be loaded; the message names the file and the fix."""
+
+
+def save_pretrained(model: GPT, folder: str | Path) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.config.save(folder / CONFIG_NAME)
+    # save_model understands tied weights (head.weight is embed.weight) and stores the tensor once.
+    save_model(model, str(folder / WEIGHTS_NAME))
+
+
+def load_pretrained(folder: str | Path, map_location: str | torch.device = "cpu") -> GPT:
+    folder = Path(folder)
+    weights, config_file = folder / WEIGHTS_NAME, folder / CONFIG_NAME
+    for needed in (config_file, weights):
+        if not needed.is_file():
+            raise CheckpointError(
+                f"{needed} is missing; point at a folder holding {CONFIG_NAME} and {WEIGHTS_NAME} "
+                "(a run's checkpoints/best or checkpoints/step-N)"
+            )
+    try:
+        config = GPTConfig.load(config_file)
+    except ConfigError as e:
+        raise CheckpointError(f"{config_file}: {e}") from None
+    model = GPT(config)
+    try:
+        missing, unexpected = load_model(model, str(weights), strict=False, device=str(map_location))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{weights} is corrupt or does not match {config_file} ({first_line}); "
+            "use another checkpoint or retrain"
+        ) from None
+    # The tied head is stored once under the embedding's name, so it may show up as "missing".
+    missing = [m for m in missing if m != "head.weight"]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights} does not fit the model in {config_file}: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    return model

@@ -1,0 +1,113 @@
+import ast
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpt_core import GPT, IGNORE_INDEX, KVCache, get_preset
+from gpt_core.model import sinusoidal_positions
+
+GPT_CORE = Path(__file__).resolve().parents[2] / "gpt_core"
+
+
+def test_gpt_core_imports_no_training_framework():
+    forbidden = {"accelerate", "wandb", "deepspeed", "transformers"}
+    offenders = []
+    for path in GPT_CORE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in forbidden]
+    assert not offenders
+
+
+def test_paper_model_parameters_and_tied_head():
+    model = GPT(get_preset("paper"))
+    assert model.num_params() == get_preset("paper").num_params()
+    assert round(model.num_params() / 1e6, 1) == 44.6
+    assert model.head.weight is model.embed.weight
+    assert model.head.weight.data_ptr() == model.embed.weight.data_ptr()
+
+
+def test_init_is_normal_002():
+    model = GPT(get_preset("paper"))
+    w = model.blocks[0].ffn.up.weight
+    assert abs(w.std().item() - 0.02) < 0.001 and abs(w.mean().item()) < 0.001
+    assert torch.all(model.blocks[0].ffn.up.bias == 0)
+
+
+def test_positions_are_sinusoidal_and_not_parameters():
+    pe = sinusoidal_positions(256, 512)
+    assert pe[0, 0] == 0 and pe[0, 1] == 1
+    assert math.isclose(pe[5, 2].item(), math.sin(5 / 10000 ** (2 / 512)), rel_tol=1e-5)
+    model = GPT(get_preset("tiny"))
+    assert "positions" not in dict(model.named_parameters())
+    assert "positions" not in model.state_dict()
+
+
+def textbook_attention(q, k, v):
+    T = q.shape[-2]
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    mask = torch.ones(T, T, dtype=torch.bool).tril()
+    return scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v
+
+
+def test_attention_equals_the_textbook_formula():
+    torch.manual_seed(0)
+    model = GPT(get_preset("tiny")).eval()
+    attn = model.blocks[0].attn
+    x = torch.randn(3, 10, model.config.d_model)
+    B, T, C = x.shape
+    q, k, v = attn.qkv(x).view(B, T, 3, attn.n_head, attn.head_dim).permute(2, 0, 3, 1, 4)
+    expected = attn.proj(textbook_attention(q, k, v).transpose(1, 2).reshape(B, T, C))
+    torch.testing.assert_close(attn(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_is_causal():
+    torch.manual_seed(0)
+    model = GPT(get_preset("tiny")).eval()
+    idx = torch.randint(0, 50257, (1, 12))
+    changed = idx.clone()
+    changed[0, 8:] = (changed[0, 8:] + 1) % 50257
+    torch.testing.assert_close(model(idx)[0][:, :8], model(changed)[0][:, :8])
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_loss_is_mean_cross_entropy_over_non_ignored_targets(norm):
+    torch.manual_seed(0)
+    model = GPT(get_preset("tiny").replace(norm=norm)).eval()
+    idx = torch.randint(0, 50257, (2, 16))
+    targets = torch.randint(0, 50257, (2, 16))
+    targets[1, 10:] = IGNORE_INDEX
+    logits, loss = model(idx, targets)
+    assert logits.shape == (2, 16, 50257)
+    keep = targets != IGNORE_INDEX
+    expected = F.cross_entropy(logits[keep], targets[keep])
+    torch.testing.assert_close(loss, expected)
+    assert math.isclose(loss.item(), math.log(50257), rel_tol=0.1)  # untrained: near uniform
+
+
+def test_pre_and_post_norm_differ_in_structure():
+    assert isinstance(GPT(get_preset("tiny").replace(norm="pre")).final_norm, torch.nn.LayerNorm)
+    assert isinstance(GPT(get_preset("tiny").replace(norm="post")).final_norm, torch.nn.Identity)
+
+
+def test_cached_forward_matches_full_forward_for_chunks():
+    torch.manual_seed(0)
+    model = GPT(get_preset("tiny")).eval()
+    idx = torch.randint(0, 50257, (2, 20))
+    full, _ = model(idx)
+    cache = KVCache(model.config, 2, "cpu", torch.float32)
+    pieces = [model(idx[:, a:b], cache=cache)[0] for a, b in [(0, 7), (7, 8), (8, 15), (15, 20)]]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-4)
+
+
+def test_too_long_input_is_refused():
+    model = GPT(get_preset("tiny"))
+    with pytest.raises(ValueError, match="exceeds the context length 32"):
+        model(torch.zeros(1, 33, dtype=torch.long))
