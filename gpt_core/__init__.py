@@ -4,10 +4,10 @@ from .config import PRESETS, ConfigError, GPTConfig, get_preset
 from .generate import GenerationError, generate, generate_stream
 from .model import GPT, IGNORE_INDEX, KVCache
 from .tokenizer import EOT_ID, Tokenizer, get_tokenizer
-from .weights import CheckpointError, load_pretrained, save_pretrained
+from .weights import CheckpointError, load_pretrained, save_pretrained, save_state_dict
 
 __all__ = [
     "GPT", "GPTConfig", "KVCache", "PRESETS", "get_preset", "ConfigError", "IGNORE_INDEX",
     "Tokenizer", "get_tokenizer", "EOT_ID", "generate", "generate_stream", "GenerationError",
-    "save_pretrained", "load_pretrained", "CheckpointError",
+    "save_pretrained", "save_state_dict", "load_pretrained", "CheckpointError",
 ]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file
 
 from .config import ConfigError, GPTConfig
 from .model import GPT
@@ -23,12 +23,17 @@ class CheckpointError(ValueError):
     """A weights folder that cannot be loaded; the message names the file and the fix."""
 
 
-def save_pretrained(model: GPT, folder: str | Path) -> None:
+def save_state_dict(state_dict: dict, config: GPTConfig, folder: str | Path) -> None:
+    """Write weights + config. The tied head is the embedding, so it is stored once, under embed.weight."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model.config.save(folder / CONFIG_NAME)
-    # save_model understands tied weights (head.weight is embed.weight) and stores the tensor once.
-    save_model(model, str(folder / WEIGHTS_NAME))
+    config.save(folder / CONFIG_NAME)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items() if k != "head.weight"}
+    save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+
+
+def save_pretrained(model: GPT, folder: str | Path) -> None:
+    save_state_dict(model.state_dict(), model.config, folder)
 
 
 def load_pretrained(folder: str | Path, map_location: str | torch.device = "cpu") -> GPT:

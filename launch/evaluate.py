@@ -1,0 +1,39 @@
+"""Loss, perplexity and token accuracy, counted over real target tokens only.
+
+Each process sums per-row (loss, correct, tokens); rows are gathered with `gather_for_metrics`,
+which drops the samples Accelerate repeats to even out the last batch, so no token is counted twice.
+Perplexity is exp(total loss / total tokens): the mean over tokens, not a mean of batch means.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from gpt_core import IGNORE_INDEX
+
+
+@torch.no_grad()
+def evaluate(model, dataloader, accelerator, max_batches: int | None = None) -> dict:
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
+    for i, (x, y) in enumerate(dataloader):
+        if max_batches is not None and i >= max_batches:
+            break
+        with accelerator.autocast():
+            logits, _ = model(x)
+        logits = logits.float()
+        mask = y != IGNORE_INDEX
+        token_loss = F.cross_entropy(logits.transpose(1, 2), y, ignore_index=IGNORE_INDEX, reduction="none")
+        correct = (logits.argmax(dim=-1) == y) & mask
+        rows = torch.stack([token_loss.sum(1), correct.sum(1).float(), mask.sum(1).float()], dim=1).double()
+        totals += accelerator.gather_for_metrics(rows).sum(0)
+    model.train(was_training)
+    loss_sum, correct, tokens = totals.tolist()
+    if tokens == 0:
+        return {"loss": float("nan"), "perplexity": float("nan"), "accuracy": float("nan"), "tokens": 0}
+    loss = loss_sum / tokens
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700)), "accuracy": correct / tokens, "tokens": int(tokens)}

@@ -1,0 +1,106 @@
+"""Training curves as a PNG, and a self-contained run report (Markdown or HTML)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from .errors import UserError
+from .tracking import read_metrics
+
+
+def plot_curves(records: list[dict], path: Path) -> Path:
+    """Loss, perplexity and accuracy, by optimizer step (left) and by epoch (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    epoch_end = [r for r in evals if r.get("epoch_end")]
+    fig, axes = plt.subplots(3, 2, figsize=(11, 10), constrained_layout=True)
+    for row, (metric, label) in enumerate([("loss", "loss"), ("perplexity", "perplexity"), ("accuracy", "token accuracy")]):
+        by_step, by_epoch = axes[row]
+        if train and metric in train[0]:
+            by_step.plot([r["step"] for r in train], [r[metric] for r in train], label="train", alpha=0.8)
+        if evals:
+            by_step.plot([r["step"] for r in evals], [r[metric] for r in evals], "o-", label="validation")
+        if epoch_end:
+            by_epoch.plot([r["epoch"] + 1 for r in epoch_end], [r[metric] for r in epoch_end], "o-", label="validation")
+            train_epochs = {}
+            for r in train:
+                train_epochs.setdefault(r["epoch"] + 1, []).append(r.get(metric))
+            xs = [e for e, v in train_epochs.items() if None not in v]
+            if xs:
+                by_epoch.plot(xs, [sum(train_epochs[e]) / len(train_epochs[e]) for e in xs], "s--", label="train (mean)")
+        if metric == "perplexity":
+            by_step.set_yscale("log"), by_epoch.set_yscale("log")
+        by_step.set(xlabel="optimizer step", ylabel=label, title=f"{label} by step")
+        by_epoch.set(xlabel="epoch", ylabel=label, title=f"{label} by epoch")
+        for ax in (by_step, by_epoch):
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return Path(path)
+
+
+def _load_run(run_dir: Path) -> dict:
+    summary_path = Path(run_dir) / "summary.json"
+    if not summary_path.exists():
+        raise UserError(f"{run_dir} has no summary.json; point at a finished run folder (its --output-dir)")
+    return json.loads(summary_path.read_text())
+
+
+def _fmt(value, digits=4):
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def render_report(run_dir: Path, fmt: str = "md") -> str:
+    """The report's text. Markdown links the curves PNG beside it; HTML embeds it (one file to share)."""
+    run_dir = Path(run_dir)
+    s = _load_run(run_dir)
+    curves = run_dir / "curves.png"
+    if not curves.exists():
+        plot_curves(read_metrics(run_dir), curves)
+    best, test = s.get("best_validation") or {}, s.get("test") or {}
+    rows = [
+        ("parameters", f"{s['model']['parameters']:,}"),
+        ("stop reason", s["stop_reason"]),
+        ("optimizer steps", s["steps"]),
+        ("tokens trained", f"{s['tokens']:,}"),
+        ("best validation loss / perplexity / accuracy",
+         f"{_fmt(best.get('loss'))} / {_fmt(best.get('perplexity'), 2)} / {_fmt(best.get('accuracy'))}"),
+        ("test loss / perplexity / accuracy",
+         f"{_fmt(test.get('loss'))} / {_fmt(test.get('perplexity'), 2)} / {_fmt(test.get('accuracy'))}"),
+        ("throughput (tokens/s)", f"{s['throughput_tokens_per_s']:,.0f}"),
+        ("hardware", f"{s['hardware']['device']} x {s['hardware']['processes']} ({s['hardware']['mixed_precision']})"),
+        ("wall time", f"{s['elapsed_seconds'] / 60:.1f} min"),
+    ]
+    title = f"Run report: {run_dir.name}"
+    config_json = json.dumps(s["config"], indent=2)
+    if fmt == "md":
+        lines = [f"# {title}", "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "",
+                 "## Training curves", "", f"![training curves]({curves.name})", "", "## Sample stories", ""]
+        for sample in s.get("samples", []):
+            lines += [f"**{sample['prompt']}**{sample['text']}", ""]
+        lines += ["## Config", "", "```json", config_json, "```", ""]
+        return "\n".join(lines)
+    if fmt != "html":
+        raise UserError(f"--format must be md or html, got {fmt!r}")
+    image = base64.b64encode(curves.read_bytes()).decode()
+    esc = html.escape
+    table = "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>" for k, v in rows)
+    samples = "".join(f"<p><b>{esc(x['prompt'])}</b>{esc(x['text'])}</p>" for x in s.get("samples", []))
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
+        "<style>body{font-family:sans-serif;max-width:60em;margin:auto}th{text-align:left;padding-right:1em}"
+        "p{white-space:pre-wrap}</style></head><body>"
+        f"<h1>{esc(title)}</h1><table>{table}</table><h2>Training curves</h2>"
+        f"<img alt='training curves' src='data:image/png;base64,{image}'><h2>Sample stories</h2>{samples}"
+        f"<h2>Config</h2><pre>{esc(config_json)}</pre></body></html>"
+    )

@@ -1,0 +1,102 @@
+"""Where the numbers go: a local metrics.jsonl always, plus W&B or TensorBoard through Accelerate's
+trackers. Everything is written from the main process only.
+
+Secrets never leave the environment: we log our own config dataclasses, never os.environ, and
+`scrub` removes anything that looks like a key before a dict is written or sent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+TRACKERS = ("none", "wandb", "tensorboard")
+SECRET_KEYS = re.compile(r"(api[_-]?key|token|secret|password)", re.IGNORECASE)
+
+
+def scrub(data):
+    """A copy of `data` with secret-looking keys and the current WANDB_API_KEY value masked."""
+    api_key = os.environ.get("WANDB_API_KEY")
+    if isinstance(data, dict):
+        return {k: "***" if SECRET_KEYS.search(str(k)) else scrub(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [scrub(v) for v in data]
+    if isinstance(data, str) and api_key and api_key in data:
+        return data.replace(api_key, "***")
+    return data
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class RunLog:
+    """metrics.jsonl plus the Accelerate trackers, from the main process."""
+
+    def __init__(self, accelerator, run_dir: Path, tracker: str, project: str, run_name: str, config: dict,
+                 resumed_step: int | None):
+        self.accelerator, self.tracker = accelerator, tracker
+        self.path = Path(run_dir) / "metrics.jsonl"
+        if accelerator.is_main_process and resumed_step is not None:
+            # Drop what the interrupted run logged after its checkpoint: it is about to be redone.
+            kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= resumed_step]
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            os.replace(tmp, self.path)
+        if tracker != "none":
+            init_kwargs = {"wandb": {"name": run_name, "dir": str(run_dir)}} if tracker == "wandb" else {}
+            accelerator.init_trackers(project, config=scrub(config), init_kwargs=init_kwargs)
+
+    def log(self, record: dict) -> None:
+        """One record: {"kind": "train"|"eval"|..., "step": optimizer step, ...metrics}."""
+        if not self.accelerator.is_main_process:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tracker != "none":
+            prefix = record["kind"]
+            values = {f"{prefix}/{k}": v for k, v in record.items() if k not in ("kind", "step") and isinstance(v, (int, float))}
+            self.accelerator.log(values, step=record["step"])
+
+    def log_samples(self, samples: list[dict], step: int) -> None:
+        if self.tracker == "wandb" and self.accelerator.is_main_process:
+            rows = [[s["prompt"], s["text"]] for s in samples]
+            self.accelerator.get_tracker("wandb").log_table("samples", columns=["prompt", "story"], data=rows, step=step)
+        elif self.tracker == "tensorboard" and self.accelerator.is_main_process:
+            writer = self.accelerator.get_tracker("tensorboard", unwrap=True)
+            for i, s in enumerate(samples):
+                writer.add_text(f"samples/{i}", f"**{s['prompt']}** {s['text']}", step)
+
+    def log_image(self, name: str, png: Path, step: int) -> None:
+        if self.tracker == "none" or not self.accelerator.is_main_process:
+            return
+        import matplotlib.image
+
+        image = matplotlib.image.imread(str(png))[..., :3]
+        if self.tracker == "wandb":
+            self.accelerator.get_tracker("wandb").log_images({name: [image]}, step=step)
+        else:
+            self.accelerator.get_tracker("tensorboard", unwrap=True).add_image(name, image, step, dataformats="HWC")
+
+    def log_summary(self, summary: dict) -> None:
+        if self.tracker == "wandb" and self.accelerator.is_main_process:
+            run = self.accelerator.get_tracker("wandb", unwrap=True)
+            for key, value in scrub(summary).items():
+                run.summary[key] = value
+
+    def log_artifact(self, folder: Path, name: str) -> None:
+        if self.tracker == "wandb" and self.accelerator.is_main_process:
+            import wandb
+
+            artifact = wandb.Artifact(name, type="model", description="best checkpoint (safetensors + config.json)")
+            artifact.add_dir(str(folder))
+            self.accelerator.get_tracker("wandb", unwrap=True).log_artifact(artifact)
+
+    def finish(self) -> None:
+        if self.tracker != "none":
+            self.accelerator.end_training()
