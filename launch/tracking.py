@@ -13,7 +13,8 @@ import re
 from pathlib import Path
 
 TRACKERS = ("none", "wandb", "tensorboard")
-SECRET_KEYS = re.compile(r"(api[_-]?key|token|secret|password)", re.IGNORECASE)
+# "hf_token" or "auth_token" is a secret; "tokens" and "max_tokens" are counts.
+SECRET_KEYS = re.compile(r"(api[_-]?key|secret|password|passwd|(^|[_-])token$)", re.IGNORECASE)
 
 
 def scrub(data):
@@ -26,6 +27,17 @@ def scrub(data):
     if isinstance(data, str) and api_key and api_key in data:
         return data.replace(api_key, "***")
     return data
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    """{"data": {"source": x}} -> {"data.source": x}, with values TensorBoard's hparams accept."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -50,7 +62,8 @@ class RunLog:
             os.replace(tmp, self.path)
         if tracker != "none":
             init_kwargs = {"wandb": {"name": run_name, "dir": str(run_dir)}} if tracker == "wandb" else {}
-            accelerator.init_trackers(project, config=scrub(config), init_kwargs=init_kwargs)
+            config = scrub(config) if tracker == "wandb" else flatten(scrub(config))
+            accelerator.init_trackers(project, config=config, init_kwargs=init_kwargs)
 
     def log(self, record: dict) -> None:
         """One record: {"kind": "train"|"eval"|..., "step": optimizer step, ...metrics}."""

@@ -393,7 +393,7 @@ def train(cfg: TrainConfig) -> dict:
         say(stop_reason)
     log.finish()
     accelerator.wait_for_everyone()
-    return summary or {"stop_reason": stop_reason, "steps": state["step"]}
+    return summary or {"stop_reason": stop_reason, "steps": state["step"]}  # paused runs have no summary
 
 
 def _finish(cfg, accelerator, run_dir, state, model_config, test_dl, log, stop_reason, start_time, data):
@@ -406,7 +406,7 @@ def _finish(cfg, accelerator, run_dir, state, model_config, test_dl, log, stop_r
     say(f"test (best weights, step {state['best_step']}): loss {test['loss']:.4f} "
         f"perplexity {test['perplexity']:.2f} accuracy {test['accuracy']:.4f}")
     log.log({"kind": "test", "step": state["step"], **test})
-    summary = None
+    summary = {"stop_reason": stop_reason, "steps": state["step"], "test": test}  # what every process knows
     if accelerator.is_main_process:
         tokenizer = get_tokenizer()
         samples = []
