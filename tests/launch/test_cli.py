@@ -1,0 +1,151 @@
+"""Every `gpt-launch` subcommand, on a tiny checkpoint trained in the test."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+from gpt_core import get_tokenizer, load_pretrained
+from launch.cli import cli
+from launch.data import SMOKE_DATA, DataConfig, PackedDataset, prepare_data
+from tests.conftest import PYTHON, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    run_cli([PYTHON, "-m", "launch.cli", "train", "--smoke", "--preset", "tiny", "--max-steps", "6", "--output-dir", str(out),
+             "--data-cache", str(out.parent / "cache"), "--sample-tokens", "8"])
+    return out
+
+
+def invoke(*args, input=None):
+    return CliRunner().invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
+
+
+def test_help_explains_the_options():
+    result = invoke("train", "--help")
+    assert result.exit_code == 0
+    for words in ("--smoke", "--data", "--resume", "--tracker", "--preset", "paper", "270000"):
+        assert words in result.output
+    for command in ("generate", "evaluate", "info", "report"):
+        assert invoke(command, "--help").exit_code == 0
+
+
+def test_generate_from_a_run_folder(run_dir):
+    result = invoke("generate", run_dir, "--prompt", "Once upon a time", "--max-tokens", "12", "--seed", "3")
+    assert result.exit_code == 0 and result.stdout.startswith("Once upon a time")
+    again = invoke("generate", run_dir, "--prompt", "Once upon a time", "--max-tokens", "12", "--seed", "3")
+    assert again.stdout == result.stdout
+    model = load_pretrained(run_dir / "checkpoints" / "best")
+    from gpt_core import generate
+
+    ids = generate(model, get_tokenizer().encode("Once upon a time"), 12, seed=3)
+    expected = "Once upon a time" + get_tokenizer().decode([t for t in ids if t != 50256])
+    assert result.stdout.rstrip("\n") == expected
+
+
+def test_generate_num_samples_greedy_and_interactive(run_dir):
+    two = invoke("generate", run_dir, "-p", "The brave knight", "--max-tokens", "6", "-n", "2", "--seed", "1")
+    assert two.stdout.count("The brave knight") == 2 and "---" in two.stdout
+    greedy = invoke("generate", run_dir / "checkpoints" / "best", "-p", "Tom", "--max-tokens", "6", "--greedy")
+    assert greedy.exit_code == 0 and greedy.stdout.startswith("Tom")
+    session = invoke("generate", run_dir, "-i", "--max-tokens", "5", "--seed", "0", input="Once upon a time\nThe little girl\n\n")
+    assert session.exit_code == 0
+    assert "Once upon a time" in session.stdout and "The little girl" in session.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--temperature", "0"], "temperature must be > 0"),
+    (["--top-p", "1.5"], "top_p must be in (0, 1]"),
+    (["--prompt", "word" + " word" * 39], "prompt has 40 tokens but the model's context is 32"),
+])
+def test_generate_bad_arguments_are_one_line_errors(run_dir, args, words):
+    result = CliRunner().invoke(cli, ["generate", str(run_dir), "--max-tokens", "3", *args])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1 and words in errors[0]
+    assert "Traceback" not in result.output
+
+
+def test_generate_missing_checkpoint(tmp_path):
+    result = CliRunner().invoke(cli, ["generate", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "does not exist" in result.stderr
+
+
+def reference_metrics(run_dir, layout_rows):
+    """Perplexity computed by hand, row by row, for comparison with the command."""
+    model = load_pretrained(run_dir / "checkpoints" / "best").eval()
+    loss_sum, tokens, correct = 0.0, 0, 0
+    with torch.no_grad():
+        for x, y in layout_rows:
+            logits, _ = model(x[None])
+            mask = y != -100
+            loss_sum += F.cross_entropy(logits[0][mask], y[mask], reduction="sum").item()
+            correct += (logits[0].argmax(-1)[mask] == y[mask]).sum().item()
+            tokens += int(mask.sum())
+    return loss_sum / tokens, correct / tokens, tokens
+
+
+def test_evaluate_is_exp_of_mean_token_loss(run_dir, tmp_path):
+    out = tmp_path / "metrics.json"
+    args = ["evaluate", run_dir, "--data", SMOKE_DATA, "--split", "validation", "--data-cache", tmp_path / "c",
+            "--batch-size", "3", "--json-out", out]
+    assert invoke(*args).exit_code == 0
+    got = json.loads(out.read_text())
+    split = prepare_data(DataConfig(source=str(SMOKE_DATA), cache_dir=str(tmp_path / "c")), log=lambda *_: None).splits["validation"]
+    ds = PackedDataset(split, 32)
+    loss, acc, tokens = reference_metrics(run_dir, [ds[i] for i in range(len(ds))])
+    assert got["tokens"] == tokens == len(ds) * 32
+    assert got["loss"] == pytest.approx(loss, rel=1e-5) and got["accuracy"] == pytest.approx(acc)
+    assert got["perplexity"] == pytest.approx(math.exp(loss), rel=1e-5)
+
+
+def test_evaluate_padded_counts_no_padding(run_dir, tmp_path):
+    out = tmp_path / "m.json"
+    invoke("evaluate", run_dir, "--data", SMOKE_DATA, "--split", "test", "--layout", "padded", "--data-cache", tmp_path / "c",
+           "--json-out", out)
+    split = prepare_data(DataConfig(source=str(SMOKE_DATA), cache_dir=str(tmp_path / "c")), log=lambda *_: None).splits["test"]
+    expected_tokens = int((np.minimum(split.story_lengths, 33) - 1).sum())
+    assert json.loads(out.read_text())["tokens"] == expected_tokens
+
+
+def test_evaluate_two_processes_match_one(run_dir, tmp_path):
+    # 9 validation rows over 2 processes x batch 2: Accelerate repeats rows to even out the last
+    # batch; gather_for_metrics must drop them so every token is counted once.
+    common = [str(run_dir), "--data", str(SMOKE_DATA), "--split", "validation", "--batch-size", "2",
+              "--data-cache", str(tmp_path / "c")]
+    run_cli([PYTHON, "-m", "launch.cli", "evaluate", *common, "--json-out", str(tmp_path / "one.json")])
+    run_cli(["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--mixed_precision", "no", "-m", "launch.cli",
+             "evaluate", *common, "--json-out", str(tmp_path / "two.json")])
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert two["processes"] == 2 and one["tokens"] == two["tokens"]
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-6) and two["accuracy"] == pytest.approx(one["accuracy"])
+
+
+def test_info_for_preset_and_checkpoint(run_dir):
+    paper = invoke("info", "--preset", "paper", "--measure-steps", "1")
+    assert paper.exit_code == 0 and "44,645,888" in paper.output and "FLOPs per token" in paper.output
+    assert "estimated time per epoch" in paper.output
+    tiny = invoke("info", run_dir, "--measure-steps", "1")
+    assert tiny.exit_code == 0 and '"d_model": 32' in tiny.output
+    unknown = CliRunner().invoke(cli, ["info", "--preset", "huge"])
+    assert unknown.exit_code == 2 and "unknown preset 'huge'" in unknown.stderr
+
+
+def test_report_markdown_and_html(run_dir, tmp_path):
+    md = invoke("report", run_dir, "--format", "md", "-o", tmp_path / "r.md")
+    assert md.exit_code == 0
+    text = (tmp_path / "r.md").read_text()
+    assert "![training curves](curves.png)" in text and "Once upon a time" in text and "perplexity" in text
+    invoke("report", run_dir)
+    html = (run_dir / "report.html").read_text()
+    assert html.startswith("<!doctype html>") and "data:image/png;base64,iVBORw0KGgo" in html  # an embedded real PNG
+    assert "parameters" in html and "The brave knight" in html
+    missing = CliRunner().invoke(cli, ["report", str(tmp_path)])
+    assert missing.exit_code == 2 and "has no summary.json" in missing.stderr
