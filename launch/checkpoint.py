@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import signal
 from pathlib import Path
 
 from gpt_core import CheckpointError, GPTConfig, save_state_dict
@@ -51,8 +52,17 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def _disk_error(e: OSError, target: Path) -> UserError:
-    why = "the disk is full" if e.errno == errno.ENOSPC else str(e)
+# safetensors and torch.save report a failed write as their own error types, with the OS text inside.
+NO_SPACE_TEXT = ("No space left", "File too large", "Disk quota", "os error 28", "os error 27", "failed writing file")
+
+
+def _is_write_failure(e: Exception) -> bool:
+    return isinstance(e, OSError) or any(text in str(e) for text in NO_SPACE_TEXT)
+
+
+def _disk_error(e: Exception, target: Path) -> UserError:
+    no_space = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or any(t in str(e) for t in NO_SPACE_TEXT)
+    why = "no space left: the disk, quota or file-size limit is full" if no_space else str(e).splitlines()[0]
     return UserError(
         f"could not write checkpoint {target.name} ({why}); the previous checkpoint is intact - free space "
         f"under {target.parent} and resume with --resume auto"
@@ -74,9 +84,13 @@ def save_checkpoint(accelerator, model, config: GPTConfig, run_dir: Path, traine
         accelerator.save_state(str(tmp / "state"), safe_serialization=True)
         if accelerator.is_main_process:
             save_state_dict(state_dict, config, tmp)
+            if os.environ.get("GPT_LAUNCH_FAULT") == "kill-while-saving":  # fault injection, for the tests only
+                os.kill(os.getpid(), signal.SIGKILL)
             _write_json(tmp / STATE_NAME, trainer_state)
             _fsync_tree(tmp)
-    except OSError as e:
+    except Exception as e:  # noqa: BLE001 - narrowed just below
+        if not _is_write_failure(e):
+            raise
         failure = e
     accelerator.wait_for_everyone()
     if failure is not None:
@@ -105,7 +119,9 @@ def save_best(accelerator, model, config: GPTConfig, run_dir: Path, trainer_stat
         save_state_dict(state_dict, config, tmp)
         _write_json(tmp / STATE_NAME, trainer_state)
         _fsync_tree(tmp)
-    except OSError as e:
+    except Exception as e:  # noqa: BLE001 - narrowed just below
+        if not _is_write_failure(e):
+            raise
         shutil.rmtree(tmp, ignore_errors=True)
         raise _disk_error(e, best) from None
     shutil.rmtree(old, ignore_errors=True)

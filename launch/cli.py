@@ -67,6 +67,8 @@ def _train_options(defaults):
             help="Use the first N stories of the source (the paper: 270,000). 0 for all."),
         opt("--data-cache", default=data.cache_dir, help="Token cache folder [default: ~/.cache/gpt-launch]."),
         opt("--preset", default=d.preset, show_default=True, help="Model shape: paper, paper-preln, small, tiny."),
+        opt("--model-config", "model_config_file", type=click.Path(dir_okay=False), default=d.model_config_file,
+            help="A model config JSON (fields as in a checkpoint's config.json); replaces --preset."),
         opt("--norm", type=click.Choice(["post", "pre"]), default=d.norm,
             help="LayerNorm placement; post is the paper's, pre trains more stably [default: the preset's]."),
         opt("--dropout", type=float, default=d.dropout, help="Dropout [default: the preset's, 0.1 for paper]."),

@@ -121,7 +121,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 def _quiet_datasets():
     import datasets
 
-    datasets.utils.logging.set_verbosity_error()
+    datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)  # we report errors ourselves, in one line
     datasets.disable_progress_bars()
     return datasets
 

@@ -38,6 +38,7 @@ class TrainConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     preset: str = "paper"
+    model_config_file: str | None = None  # a GPTConfig JSON; replaces the preset
     norm: str | None = None  # override the preset's LayerNorm placement ("post" | "pre")
     dropout: float | None = None
     layout: str = "packed"  # "packed" | "padded" (the paper's one-story-per-row layout)
@@ -94,10 +95,12 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+        self.model_config()  # an unknown preset or an impossible model fails here, before any work
 
     def model_config(self) -> GPTConfig:
         overrides = {k: v for k, v in (("norm", self.norm), ("dropout", self.dropout)) if v is not None}
-        return get_preset(self.preset).replace(**overrides)
+        base = GPTConfig.load(self.model_config_file) if self.model_config_file else get_preset(self.preset)
+        return base.replace(**overrides)
 
     def to_dict(self) -> dict:
         return scrub(dataclasses.asdict(self))
