@@ -84,8 +84,9 @@ def test_loss_is_mean_cross_entropy_over_non_ignored_targets(norm):
     idx = torch.randint(0, 50257, (2, 16))
     targets = torch.randint(0, 50257, (2, 16))
     targets[1, 10:] = IGNORE_INDEX
-    logits, loss = model(idx, targets)
-    assert logits.shape == (2, 16, 50257)
+    no_logits, loss = model(idx, targets)  # training never needs the logits: the fused head skips them
+    logits, no_loss = model(idx)
+    assert no_logits is None and no_loss is None and logits.shape == (2, 16, 50257)
     keep = targets != IGNORE_INDEX
     expected = F.cross_entropy(logits[keep], targets[keep])
     torch.testing.assert_close(loss, expected)
@@ -111,3 +112,28 @@ def test_too_long_input_is_refused():
     model = GPT(get_preset("tiny"))
     with pytest.raises(ValueError, match="exceeds the context length 32"):
         model(torch.zeros(1, 33, dtype=torch.long))
+
+
+@pytest.mark.parametrize("chunk_rows", [5, 2048])
+def test_fused_head_gradients_equal_the_plain_cross_entropy(chunk_rows):
+    torch.manual_seed(0)
+    model = GPT(get_preset("tiny").replace(dropout=0.0))
+    model.head.chunk_rows = chunk_rows
+    idx, targets = torch.randint(0, 50257, (3, 12)), torch.randint(0, 50257, (3, 12))
+    targets[2, 4:] = IGNORE_INDEX
+    _, fused = model(idx, targets)
+    (fused * 3).backward()  # a non-unit upstream gradient, as with accumulation or loss scaling
+    fused_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    logits, _ = model(idx)
+    plain = F.cross_entropy(logits.view(-1, 50257), targets.view(-1), ignore_index=IGNORE_INDEX)
+    (plain * 3).backward()
+    torch.testing.assert_close(fused, plain)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(fused_grads[name], p.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_attention_dropout_is_separate_and_off_by_default():
+    assert get_preset("paper").attention_dropout == 0.0 and get_preset("paper").dropout == 0.1
+    model = GPT(get_preset("tiny").replace(attention_dropout=0.2))
+    assert model.blocks[0].attn.attn_dropout == 0.2

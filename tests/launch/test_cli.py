@@ -34,7 +34,7 @@ def test_help_explains_the_options():
     assert result.exit_code == 0
     for words in ("--smoke", "--data", "--resume", "--tracker", "--preset", "paper", "270000"):
         assert words in result.output
-    for command in ("generate", "evaluate", "info", "report"):
+    for command in ("generate", "evaluate", "info", "report", "bench"):
         assert invoke(command, "--help").exit_code == 0
 
 

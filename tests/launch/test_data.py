@@ -223,3 +223,18 @@ def test_unreachable_hub_fails_at_once_with_the_fix(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "cannot reach the Hugging Face hub" in proc.stderr and "--data" in proc.stderr
+
+
+def test_shared_tinystories_counts_are_honest_and_cached(shared_tinystories, cache_dir, capsys):
+    """The real files: every story is accounted for, and the second preparation reads the cache."""
+    cfg = DataConfig(source=str(shared_tinystories), cache_dir=cache_dir)
+    first = prepare_data(cfg)
+    printed = capsys.readouterr().out
+    assert "5,813 stories read" in printed and "tokens/s" in printed
+    stories = sum(s.num_stories for s in first.splits.values())
+    assert stories + sum(first.meta["dropped"].values()) == 5813
+    assert sum(len(s.tokens) for s in first.splits.values()) == 1_188_299  # PROVENANCE.md's count
+    lengths = np.concatenate([s.story_lengths for s in first.splits.values()])
+    assert 0.08 <= (lengths > 257).mean() <= 0.17  # 8-17 % of stories are longer than the context
+    second = prepare_data(cfg)
+    assert second.from_cache and "tokens from cache" in capsys.readouterr().out
