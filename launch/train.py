@@ -299,6 +299,11 @@ def train(cfg: TrainConfig) -> dict:
     stop_signal = StopSignal()
     progress = tqdm(total=total_steps, initial=state["step"], disable=not accelerator.is_local_main_process,
                     desc="train", unit="step", dynamic_ncols=True)
+
+    def say(message: str) -> None:  # from here on, print above the progress bar instead of through it
+        if accelerator.is_main_process:
+            progress.write(message)
+
     running_loss = torch.zeros((), device=accelerator.device)
     micro_batches, step_tokens = 0, 0
     window_start, window_tokens0 = time.perf_counter(), state["tokens"]

@@ -110,11 +110,12 @@ def test_early_stopping_after_patience_evaluations(tmp_path):
 def test_wandb_offline_run_holds_the_metrics_and_no_secret(tmp_path):
     secret = "0123456789abcdef0123456789abcdef01234567"
     env = {"WANDB_MODE": "offline", "WANDB_API_KEY": secret, "WANDB_SILENT": "true"}
-    tiny_run(tmp_path / "run", "--tracker", "wandb", "--max-steps", "4", "--log-every", "1", env=env)
+    tiny_run(tmp_path / "run", "--tracker", "wandb", "--max-steps", "4", "--log-every", "1", "--log-checkpoint", env=env)
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     data = b"".join(p.read_bytes() for p in runs[0].glob("*.wandb"))
-    for key in (b"train/loss", b"train/tokens_per_s", b"eval/perplexity", b"test/accuracy", b"samples", b"curves"):
+    for key in (b"train/loss", b"train/tokens_per_s", b"eval/perplexity", b"test/accuracy", b"samples", b"curves",
+                b"throughput_tokens_per_s", b"parameters", b"run-best"):
         assert key in data, key
     for path in (tmp_path / "run").rglob("*"):
         if path.is_file():
