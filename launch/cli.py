@@ -265,7 +265,7 @@ def evaluate(checkpoint, data, split, split_mode, max_samples, text_field, layou
 
     from gpt_core import load_pretrained
 
-    from .data import DataConfig, TokenSplit, make_dataloader, make_dataset, prepare_data
+    from .data import DataConfig, concat_splits, make_dataloader, make_dataset, prepare_data
     from .evaluate import evaluate as run_evaluation
     from .train import make_accelerator
 
@@ -275,16 +275,7 @@ def evaluate(checkpoint, data, split, split_mode, max_samples, text_field, layou
     cfg = DataConfig(source=data, text_field=text_field, split_mode=split_mode, max_samples=max_samples or None,
                      cache_dir=data_cache)
     prepared = prepare_data(cfg, accelerator.main_process_first, log=accelerator.print)
-    if split == "all":
-        parts = [prepared.splits[s] for s in ("train", "validation", "test")]
-        offsets = [parts[0].offsets]
-        for part in parts[1:]:
-            offsets.append(part.offsets[1:] + offsets[-1][-1])
-        import numpy as np
-
-        chosen = TokenSplit("all", np.concatenate([p.tokens for p in parts]), np.concatenate(offsets))
-    else:
-        chosen = prepared.splits[split]
+    chosen = concat_splits(prepared.splits.values()) if split == "all" else prepared.splits[split]
     loader = accelerator.prepare(make_dataloader(make_dataset(chosen, model.config.context_length, layout),
                                                  batch_size, 0, False, False))
     if accelerator.is_local_main_process:

@@ -267,6 +267,15 @@ class TokenSplit:
         return np.diff(self.offsets)
 
 
+def concat_splits(splits) -> TokenSplit:
+    """Several splits as one, story boundaries kept (e.g. to evaluate on every story of a source)."""
+    splits = list(splits)
+    offsets = [splits[0].offsets]
+    for split in splits[1:]:
+        offsets.append(split.offsets[1:] + offsets[-1][-1])
+    return TokenSplit("all", np.concatenate([s.tokens for s in splits]), np.concatenate(offsets))
+
+
 def tokenize_stories(stories: list[str], chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
     """GPT-2 ids of each story plus <|endoftext|>, as one uint16 stream and story offsets."""
     tokenizer = get_tokenizer()

@@ -149,3 +149,14 @@ def test_report_markdown_and_html(run_dir, tmp_path):
     assert "parameters" in html and "The brave knight" in html
     missing = CliRunner().invoke(cli, ["report", str(tmp_path)])
     assert missing.exit_code == 2 and "has no summary.json" in missing.stderr
+
+
+def test_generate_without_a_path_uses_the_newest_run(run_dir, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["generate", "--max-tokens", "3"])
+    assert result.exit_code == 2 and "no run under ./runs" in result.stderr
+    shutil.copytree(run_dir, tmp_path / "runs" / "mine")
+    result = invoke("generate", "--max-tokens", "3", "--seed", "0")
+    assert result.exit_code == 0 and "runs/mine/checkpoints/best" in result.stderr

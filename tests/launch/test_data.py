@@ -12,7 +12,7 @@ import torch
 from gpt_core import EOT_ID, IGNORE_INDEX, get_tokenizer
 from launch.data import (
     SMOKE_DATA, DataConfig, EpochShuffleSampler, PackedDataset, PaddedDataset, TokenSplit,
-    clean_stories, make_dataloader, prepare_data, tokenize_stories,
+    clean_stories, concat_splits, make_dataloader, prepare_data, tokenize_stories,
 )
 from launch.errors import UserError
 from tests.conftest import REPO, make_stories, write_jsonl
@@ -238,3 +238,12 @@ def test_shared_tinystories_counts_are_honest_and_cached(shared_tinystories, cac
     assert 0.08 <= (lengths > 257).mean() <= 0.17  # 8-17 % of stories are longer than the context
     second = prepare_data(cfg)
     assert second.from_cache and "tokens from cache" in capsys.readouterr().out
+
+
+def test_concat_splits_keeps_every_story_boundary(tmp_path, cache_dir):
+    p = prepared(write_jsonl(tmp_path / "s.jsonl", STORIES), cache_dir)
+    whole = concat_splits(p.splits.values())
+    assert whole.num_stories == 60
+    tok = get_tokenizer()
+    texts = [tok.decode(whole.tokens[a:b]).removesuffix("<|endoftext|>") for a, b in zip(whole.offsets[:-1], whole.offsets[1:])]
+    assert texts == STORIES
