@@ -117,7 +117,6 @@ DATA_OPTIONS = {"data": "source", "text_field": "text_field", "split_mode": "spl
 
 def _config_from_options(defaults, ctx: click.Context, params: dict):
     """The recipe's defaults (or the smoke run's), overridden by the options given on the command line."""
-    from .data import DataConfig
     from .train import smoke_config
 
     base = smoke_config() if params.pop("smoke") else defaults

@@ -86,12 +86,12 @@ class TrainConfig:
             (self.keep_last >= 1, f"--keep-last must be >= 1, got {self.keep_last}"),
             (self.tracker in TRACKERS, f"--tracker must be one of {', '.join(TRACKERS)}, got {self.tracker!r}"),
             (self.layout in ("packed", "padded"), f"--layout must be packed or padded, got {self.layout!r}"),
-            (self.mixed_precision in (None, "no", "fp16", "bf16"), f"--mixed-precision must be no, fp16 or bf16"),
+            (self.mixed_precision in (None, "no", "fp16", "bf16"), "--mixed-precision must be no, fp16 or bf16"),
         ]
         for limit in ("max_steps", "max_tokens", "stop_after_steps", "eval_every", "save_every", "eval_batches"):
             value = getattr(self, limit)
             checks.append((value is None or value >= 1, f"--{limit.replace('_', '-')} must be >= 1, got {value}"))
-        checks.append((self.max_minutes is None or self.max_minutes > 0, f"--max-minutes must be > 0"))
+        checks.append((self.max_minutes is None or self.max_minutes > 0, "--max-minutes must be > 0"))
         for ok, message in checks:
             if not ok:
                 raise UserError(message)

@@ -94,7 +94,7 @@ def hf_gpt2(c: GPTConfig):
 
 
 def hf_step(model, optimizer, micro_batches, clip=1.0):
-    for x, y in micro_batches:
+    for x, _ in micro_batches:
         loss = model(input_ids=x, labels=x).loss  # GPT-2 shifts labels itself: x predicts x[1:]
         (loss / len(micro_batches)).backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)

@@ -30,7 +30,7 @@ def test_bench_command_returns_well_formed_figures(tmp_path):
     figures = json.loads(out.read_text())
     assert figures["matmul_peak_tflops"] > 0 and figures["flops_per_token"] == get_preset("tiny").flops_per_token()
     assert set(figures["training"]) == {"ours", "paper", "hf_gpt2"}
-    for kind, row in figures["training"].items():
+    for row in figures["training"].values():
         assert row["tokens_per_s"] > 0 and 0 < row["mfu"] < 1.5 and row["peak_memory_mb"] > 0
         assert math.isclose(row["mfu"], row["tokens_per_s"] * figures["flops_per_token"] / (figures["matmul_peak_tflops"] * 1e12))
         assert 0 <= row["padding_fraction"] < 1

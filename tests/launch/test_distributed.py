@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from launch.data import SMOKE_DATA
-from tests.conftest import PYTHON, run_cli
+from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
 

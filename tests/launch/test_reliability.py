@@ -7,13 +7,11 @@ import pickle
 import resource
 import signal
 import subprocess
-import sys
 import time
 
 import psutil
 import pytest
 
-from launch.data import SMOKE_DATA
 from tests.conftest import PYTHON, REPO, run_cli
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ import pytest
 from gpt_core import load_pretrained
 from launch.train import TrainConfig, lr_at
 from launch.errors import UserError
-from tests.conftest import PYTHON, REPO, run_cli
+from tests.conftest import PYTHON, run_cli
 
 pytestmark = pytest.mark.slow
 
