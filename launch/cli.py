@@ -360,7 +360,9 @@ def report(run_dir, fmt, output):
 @click.option("--preset", default="paper", help="Model shape to measure.")
 @click.option("--batch-size", type=int, default=None, help="Rows per micro-batch [default: 2 on CPU, 4 on GPU].")
 @click.option("--grad-accum", type=int, default=2, help="Micro-batches per optimizer step.")
-@click.option("--steps", type=int, default=3, help="Timed optimizer steps per implementation and round (after one warm-up).")
+@click.option("--steps", type=int, default=3, help="Timed optimizer steps per implementation and round.")
+@click.option("--warmup", type=int, default=2,
+              help="Untimed optimizer steps first: the first steps pay for page faults and optimizer state.")
 @click.option("--rounds", type=int, default=2, help="Interleaved rounds over the implementations; figures are medians.")
 @click.option("--device", default="auto", help="cpu, cuda, ... [default: cuda if available].")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
@@ -371,13 +373,13 @@ def report(run_dir, fmt, output):
 @click.option("--compile", is_flag=True, help="Measure our model under torch.compile.")
 @click.option("--json", "json_out", default=None, help="Also write the figures as one JSON object to this file ('-': stdout only).")
 @user_errors_exit
-def bench(preset, batch_size, grad_accum, steps, rounds, device, precision, data, baselines, gen_tokens, compile, json_out):
+def bench(preset, batch_size, grad_accum, steps, warmup, rounds, device, precision, data, baselines, gen_tokens, compile, json_out):
     """Measure training throughput (useful tokens/s, MFU against the measured matmul peak, peak memory)
     against two baselines in the same run, KV-cache generation speed, and data preparation speed."""
     from .bench.run import format_table, run_bench
 
     quiet = json_out == "-"
-    result = run_bench(preset=preset, batch_size=batch_size, grad_accum=grad_accum, steps=steps, device=device,
+    result = run_bench(preset=preset, batch_size=batch_size, grad_accum=grad_accum, steps=steps, warmup=warmup, device=device,
                        precision=precision, data=data, baselines=baselines, gen_tokens=gen_tokens, compile=compile,
                        rounds=rounds, progress=lambda m: click.echo(m, err=True))
     if quiet:

@@ -103,7 +103,8 @@ def train_worker(spec: dict) -> dict:
         model = torch.compile(model)
     model.train()
     scaler = torch.amp.GradScaler(device.type, enabled=spec["precision"] == "fp16")
-    micro = _rows(kind, spec["data"], config.context_length, batch, accum * (spec["steps"] + 1), device)
+    warmup = spec["warmup"]
+    micro = _rows(kind, spec["data"], config.context_length, batch, accum * (spec["steps"] + warmup), device)
 
     def useful(y):  # real targets: padding never counted; GPT-2 predicts T-1 of its T inputs
         return int((y != -100).sum()) if kind == "paper" else y.shape[0] * (y.shape[1] - (kind == "hf_gpt2"))
@@ -127,13 +128,14 @@ def train_worker(spec: dict) -> dict:
                 baselines.hf_step(model, optimizer, batches)
 
     step = ours_step if kind == "ours" else baseline_step
-    groups = [micro[i * accum : (i + 1) * accum] for i in range(spec["steps"] + 1)]
-    step(groups[0])  # warm-up (allocations, kernel selection, compile)
+    groups = [micro[i * accum : (i + 1) * accum] for i in range(spec["steps"] + warmup)]
+    for group in groups[:warmup]:  # page faults, optimizer state, kernel selection, compile
+        step(group)
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     per_step, tokens = [], 0
-    for group in groups[1:]:
+    for group in groups[warmup:]:
         start = time.perf_counter()
         step(group)
         _sync(device)
@@ -176,7 +178,7 @@ def measure_data_preparation(stories: list[str]) -> dict:
             "threads": os.cpu_count()}
 
 
-def run_bench(preset="paper", batch_size=None, grad_accum=2, steps=3, device="auto", precision=None, data=None,
+def run_bench(preset="paper", batch_size=None, grad_accum=2, steps=3, warmup=2, device="auto", precision=None, data=None,
               baselines=True, gen_tokens=300, compile=False, cache_dir=None, rounds=2, progress=print) -> dict:
     from launch.data import SMOKE_DATA, DataConfig, load_stories, prepare_data
 
@@ -194,7 +196,7 @@ def run_bench(preset="paper", batch_size=None, grad_accum=2, steps=3, device="au
     flops_per_token = config.flops_per_token()
     result = {
         "device": _device_name(dev), "precision": precision, "preset": preset, "batch_size": batch,
-        "grad_accum": grad_accum, "context": config.context_length, "steps": steps, "rounds": rounds, "data": source,
+        "grad_accum": grad_accum, "context": config.context_length, "steps": steps, "warmup": warmup, "rounds": rounds, "data": source,
         "torch_threads": torch.get_num_threads(), "matmul_peak_tflops": peak / 1e12,
         "flops_per_token": flops_per_token, "training": {}, "compile": compile,
     }
@@ -205,7 +207,7 @@ def run_bench(preset="paper", batch_size=None, grad_accum=2, steps=3, device="au
         for kind in kinds:
             progress(f"bench: training {kind} (round {round_index + 1}/{rounds}): {IMPLEMENTATIONS[kind]}")
             spec = {"kind": kind, "preset": preset, "batch_size": batch, "grad_accum": grad_accum, "steps": steps,
-                    "device": str(dev), "precision": precision, "data": data_files, "compile": compile}
+                    "device": str(dev), "precision": precision, "data": data_files, "compile": compile, "warmup": warmup}
             row = _in_subprocess(spec)
             pooled = result["training"].setdefault(kind, {**row, "step_tokens_per_s": []})
             pooled["step_tokens_per_s"] += row["step_tokens_per_s"]
@@ -240,7 +242,8 @@ def _device_name(dev) -> str:
 def format_table(r: dict) -> str:
     lines = [
         f"device: {r['device']}, {r['precision']}, preset {r['preset']}, batch {r['batch_size']} x accumulation "
-        f"{r['grad_accum']}, context {r['context']}, median of {r['steps']} x {r['rounds']} interleaved optimizer steps, "
+        f"{r['grad_accum']}, context {r['context']}, median of {r['steps']} x {r['rounds']} interleaved optimizer steps "
+        f"(after {r['warmup']} untimed), "
         f"torch threads {r['torch_threads']}",
         f"measured {r['precision']} matmul peak: {r['matmul_peak_tflops'] * 1e3:,.1f} GFLOP/s; "
         f"{r['flops_per_token'] / 1e6:,.0f} MFLOP per trained token",
