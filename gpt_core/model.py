@@ -55,14 +55,38 @@ class KVCache:
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
 
+class Linear(nn.Linear):
+    """nn.Linear with a faster path for the one-row products of generation on CPU.
+
+    Generating a token multiplies one row by every weight matrix, so it streams all the weights
+    from memory. CPU BLAS streams a weight ~2.5x faster stored (in x out) than in nn.Linear's
+    (out x in) layout (measured for the 50,257-way head: 9.5 -> 3.6 ms), so a single row without
+    autograd uses a transposed copy. The copy costs one more float per parameter, is made on the
+    first such call, and is rebuilt whenever the weight changes (an optimizer step bumps its version).
+    """
+
+    _decode_weight: torch.Tensor | None = None
+    _decode_key: tuple | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or torch.is_grad_enabled() or x.numel() != x.shape[-1]:
+            return super().forward(x)
+        key = (self.weight.data_ptr(), self.weight._version, self.weight.dtype)
+        if key != self._decode_key:
+            self._decode_weight, self._decode_key = self.weight.detach().t().contiguous(), key
+        row = x.reshape(1, -1)
+        y = row @ self._decode_weight if self.bias is None else torch.addmm(self.bias, row, self._decode_weight)
+        return y.view(*x.shape[:-1], -1)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer_index: int):
         super().__init__()
         self.n_head, self.head_dim = config.n_head, config.head_dim
         self.layer_index = layer_index
         # One fused projection for q, k and v: one large matmul is faster than three small ones.
-        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
-        self.proj = nn.Linear(config.d_model, config.d_model)
+        self.qkv = Linear(config.d_model, 3 * config.d_model)
+        self.proj = Linear(config.d_model, config.d_model)
         self.attn_dropout = config.attention_dropout
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
@@ -94,8 +118,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.up = nn.Linear(config.d_model, config.d_ff)
-        self.down = nn.Linear(config.d_ff, config.d_model)
+        self.up = Linear(config.d_model, config.d_ff)
+        self.down = Linear(config.d_ff, config.d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(F.gelu(self.up(x)))
@@ -161,13 +185,12 @@ class _HeadCrossEntropy(torch.autograd.Function):
         return grad_hidden.mul_(grad_loss), grad_weight.mul_(grad_loss), None, None
 
 
-class OutputHead(nn.Linear):
+class OutputHead(Linear):
     """The projection to vocabulary logits; with targets, the fused loss instead of the logits."""
 
     def __init__(self, d_model: int, vocab_size: int, chunk_rows: int = 2048):
         super().__init__(d_model, vocab_size, bias=False)
         self.chunk_rows = chunk_rows  # caps the live logits at chunk_rows x vocab floats
-
     def loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         hidden = hidden.reshape(-1, hidden.shape[-1])
         targets = targets.reshape(-1)

@@ -108,6 +108,24 @@ def test_cached_forward_matches_full_forward_for_chunks():
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-4)
 
 
+def test_one_row_decode_path_equals_linear_and_follows_weight_updates():
+    torch.manual_seed(0)
+    model = GPT(get_preset("tiny")).eval()
+    row = torch.randn(1, 1, model.config.d_model)
+    layers = [model.blocks[0].attn.qkv, model.blocks[0].ffn.down, model.head]
+    with torch.no_grad():
+        for layer in layers:
+            x = torch.randn(1, 1, layer.in_features)
+            torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+            assert layer._decode_weight is not None  # the transposed copy was really used
+        before = model.head(row)
+        model.embed.weight.mul_(2.0)  # the tied head's weight changes in place, as in an optimizer step
+        torch.testing.assert_close(model.head(row), 2.0 * before)
+    # With autograd on, the plain path runs and gradients flow to the weight.
+    model.head(row).sum().backward()
+    assert model.embed.weight.grad is not None
+
+
 def test_too_long_input_is_refused():
     model = GPT(get_preset("tiny"))
     with pytest.raises(ValueError, match="exceeds the context length 32"):
