@@ -112,12 +112,14 @@ def test_one_row_decode_path_equals_linear_and_follows_weight_updates():
     torch.manual_seed(0)
     model = GPT(get_preset("tiny")).eval()
     row = torch.randn(1, 1, model.config.d_model)
-    layers = [model.blocks[0].attn.qkv, model.blocks[0].ffn.down, model.head]
+    widening = [model.blocks[0].attn.qkv, model.blocks[0].ffn.up, model.head]
+    narrowing = [model.blocks[0].attn.proj, model.blocks[0].ffn.down]
     with torch.no_grad():
-        for layer in layers:
+        for layer in widening + narrowing:
             x = torch.randn(1, 1, layer.in_features)
             torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
-            assert layer._decode_weight is not None  # the transposed copy was really used
+            # The transposed copy is used, and kept, only where a layer widens.
+            assert (layer._decode_weight is not None) == (layer in widening)
         before = model.head(row)
         model.embed.weight.mul_(2.0)  # the tied head's weight changes in place, as in an optimizer step
         torch.testing.assert_close(model.head(row), 2.0 * before)
