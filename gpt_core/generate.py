@@ -54,7 +54,7 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
     return logits
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate_stream(
     model: GPT,
     prompt_ids: list[int],
