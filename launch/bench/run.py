@@ -222,9 +222,12 @@ def run_bench(preset="paper", batch_size=None, grad_accum=2, steps=3, warmup=2, 
     result["matmul_peak_tflops"] = peak / 1e12
     for row in result["training"].values():
         row["mfu"] = row["tokens_per_s"] * flops_per_token / peak
-    progress(f"bench: generating {gen_tokens} tokens with and without the KV cache")
-    cached = measure_generation(preset, dev, gen_tokens, True)
-    uncached = measure_generation(preset, dev, gen_tokens, False)
+    progress(f"bench: generating {gen_tokens} tokens with and without the KV cache ({rounds} interleaved rounds)")
+    timings = {True: [], False: []}
+    for _ in range(rounds):
+        for use_cache in (True, False):
+            timings[use_cache].append(measure_generation(preset, dev, gen_tokens, use_cache))
+    cached, uncached = statistics.median(timings[True]), statistics.median(timings[False])
     result["generation"] = {"tokens": gen_tokens, "cached_tokens_per_s": cached, "uncached_tokens_per_s": uncached,
                             "cache_speedup": cached / uncached}
     progress("bench: tokenizing the stories")
