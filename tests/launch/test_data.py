@@ -27,7 +27,7 @@ def prepared(source, cache_dir, **kw):
 def all_text(p):
     tok = get_tokenizer()
     return {
-        name: [tok.decode(s.tokens[a:b]).removesuffix("<|endoftext|>") for a, b in zip(s.offsets[:-1], s.offsets[1:])]
+        name: [tok.decode(s.tokens[a:b]).removesuffix("<|endoftext|>") for a, b in zip(s.offsets[:-1], s.offsets[1:], strict=True)]
         for name, s in p.splits.items()
     }
 
@@ -139,7 +139,7 @@ def test_packed_rows_are_shifted_windows_covering_every_transition():
     split = split_of([7, 9, 5, 12])  # 33 tokens
     ds = PackedDataset(split, 8)
     assert len(ds) == 4  # (33 - 1) // 8
-    xs, ys = zip(*(ds[i] for i in range(len(ds))))
+    xs, ys = zip(*(ds[i] for i in range(len(ds))), strict=True)
     stream = torch.from_numpy(split.tokens.astype(np.int64))
     assert torch.equal(torch.cat(xs), stream[:32]) and torch.equal(torch.cat(ys), stream[1:33])
     assert all(x.shape == (8,) for x in xs)
@@ -245,5 +245,5 @@ def test_concat_splits_keeps_every_story_boundary(tmp_path, cache_dir):
     whole = concat_splits(p.splits.values())
     assert whole.num_stories == 60
     tok = get_tokenizer()
-    texts = [tok.decode(whole.tokens[a:b]).removesuffix("<|endoftext|>") for a, b in zip(whole.offsets[:-1], whole.offsets[1:])]
+    texts = [tok.decode(whole.tokens[a:b]).removesuffix("<|endoftext|>") for a, b in zip(whole.offsets[:-1], whole.offsets[1:], strict=True)]
     assert texts == STORIES
