@@ -195,6 +195,7 @@ class OutputHead(Linear):
     def __init__(self, d_model: int, vocab_size: int, chunk_rows: int = 2048):
         super().__init__(d_model, vocab_size, bias=False)
         self.chunk_rows = chunk_rows  # caps the live logits at chunk_rows x vocab floats
+
     def loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         hidden = hidden.reshape(-1, hidden.shape[-1])
         targets = targets.reshape(-1)
