@@ -24,12 +24,15 @@ def prepared(source, cache_dir, **kw):
     return prepare_data(DataConfig(source=str(source), cache_dir=cache_dir, **kw), log=lambda *_: None)
 
 
-def all_text(p):
+def story_texts(split):
+    """Each story of a TokenSplit decoded back to text, without its <|endoftext|>."""
     tok = get_tokenizer()
-    return {
-        name: [tok.decode(s.tokens[a:b]).removesuffix("<|endoftext|>") for a, b in zip(s.offsets[:-1], s.offsets[1:], strict=True)]
-        for name, s in p.splits.items()
-    }
+    bounds = zip(split.offsets[:-1], split.offsets[1:], strict=True)
+    return [tok.decode(split.tokens[a:b]).removesuffix("<|endoftext|>") for a, b in bounds]
+
+
+def all_text(p):
+    return {name: story_texts(s) for name, s in p.splits.items()}
 
 
 def write_format(tmp_path, fmt, gz):
@@ -244,6 +247,4 @@ def test_concat_splits_keeps_every_story_boundary(tmp_path, cache_dir):
     p = prepared(write_jsonl(tmp_path / "s.jsonl", STORIES), cache_dir)
     whole = concat_splits(p.splits.values())
     assert whole.num_stories == 60
-    tok = get_tokenizer()
-    texts = [tok.decode(whole.tokens[a:b]).removesuffix("<|endoftext|>") for a, b in zip(whole.offsets[:-1], whole.offsets[1:], strict=True)]
-    assert texts == STORIES
+    assert story_texts(whole) == STORIES
