@@ -32,7 +32,10 @@ def check_generation_args(prompt_ids, max_new_tokens, temperature, top_k, top_p,
         raise GenerationError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if not greedy:
         if not temperature > 0:
-            raise GenerationError(f"temperature must be > 0 when sampling, got {temperature}; use greedy decoding instead")
+            raise GenerationError(
+                f"temperature must be > 0 when sampling, got {temperature}; use --greedy (greedy=True) for the most "
+                "likely token instead"
+            )
         if top_k is not None and top_k < 1:
             raise GenerationError(f"top_k must be >= 1 (or None for no limit), got {top_k}")
         if top_p is not None and not 0 < top_p <= 1:

@@ -2,9 +2,11 @@
 
     <run>/checkpoints/step-0000120/   model.safetensors, config.json   (loadable by gpt_core alone)
                                       trainer_state.json               (step, epoch, position, early stopping)
-                                      state/                           (Accelerate: optimizer, scaler, RNG, ...)
+                                      state/                           (Accelerate: optimizer, scaler, RNG;
+                                                                        DeepSpeed: its engine shards)
     <run>/checkpoints/best/           model.safetensors, config.json, trainer_state.json
 
+The weights are stored once, in model.safetensors (Accelerate's own copy is not written).
 Each folder is written under a temporary name and renamed into place once complete, so a crash or
 SIGKILL mid-write leaves at worst a `.tmp-*` folder that nothing ever picks. Nothing here is read
 with pickle: weights are safetensors, our state is JSON, and Accelerate loads its files with
@@ -20,6 +22,8 @@ import re
 import shutil
 import signal
 from pathlib import Path
+
+from safetensors.torch import load_file
 
 from gpt_core import CheckpointError, GPTConfig, save_state_dict
 from gpt_core.weights import CONFIG_NAME, WEIGHTS_NAME
@@ -41,6 +45,26 @@ def step_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(STEP_DIR.fullmatch(p.name).group(1)))
 
 
+def remove_stale_temporaries(run_dir: Path) -> list[str]:
+    """Delete `.tmp-*` folders a killed save left behind (never read; safe to delete). Main process only."""
+    root = checkpoints_dir(run_dir)
+    stale = sorted(p for p in root.glob(".tmp-*") if p.is_dir()) if root.is_dir() else []
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return [p.name for p in stale]
+
+
+def store_weights_once(accelerator) -> None:
+    """Keep Accelerate from writing a second copy of the weights into `state/`.
+
+    Our `model.safetensors` beside it already holds them (gathered, loadable by gpt_core alone), so
+    the pre-save hook drops Accelerate's copy and the pre-load hook leaves loading to
+    `load_training_state`. DeepSpeed's own engine files are untouched: they never pass through here.
+    """
+    accelerator.register_save_state_pre_hook(lambda models, weights, output_dir: weights.clear())
+    accelerator.register_load_state_pre_hook(lambda models, input_dir: models.clear())
+
+
 def _fsync_tree(folder: Path) -> None:
     for path in folder.rglob("*"):
         if path.is_file():
@@ -60,13 +84,15 @@ def _is_write_failure(e: Exception) -> bool:
     return isinstance(e, OSError) or any(text in str(e) for text in NO_SPACE_TEXT)
 
 
-def _disk_error(e: Exception, target: Path) -> UserError:
+def _disk_error(e: Exception, target: Path, run_dir: Path) -> UserError:
     no_space = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or any(t in str(e) for t in NO_SPACE_TEXT)
     why = "no space left: the disk, quota or file-size limit is full" if no_space else str(e).splitlines()[0]
-    return UserError(
-        f"could not write checkpoint {target.name} ({why}); the previous checkpoint is intact - free space "
-        f"under {target.parent} and resume with --resume auto"
-    )
+    previous = step_checkpoints(run_dir)
+    if previous:
+        kept = f"the previous checkpoint {previous[-1].name} is intact - free space under {target.parent} and resume with --resume auto"
+    else:
+        kept = f"no earlier checkpoint exists, so the run restarts from scratch - free space under {target.parent} and run again"
+    return UserError(f"could not write checkpoint {target.name} ({why}); {kept}")
 
 
 def save_checkpoint(accelerator, model, config: GPTConfig, run_dir: Path, trainer_state: dict, keep_last: int) -> Path:
@@ -95,9 +121,9 @@ def save_checkpoint(accelerator, model, config: GPTConfig, run_dir: Path, traine
     accelerator.wait_for_everyone()
     if failure is not None:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise _disk_error(failure, final) from None
+        raise _disk_error(failure, final, run_dir) from None
     if accelerator.is_main_process:
-        if final.exists():  # the same step saved again (e.g. end of epoch right after a pause)
+        if final.exists():  # the same step saved by an earlier session (a resumed run that paused again)
             shutil.rmtree(final)
         os.rename(tmp, final)
         for old in step_checkpoints(run_dir)[:-keep_last]:
@@ -123,7 +149,7 @@ def save_best(accelerator, model, config: GPTConfig, run_dir: Path, trainer_stat
         if not _is_write_failure(e):
             raise
         shutil.rmtree(tmp, ignore_errors=True)
-        raise _disk_error(e, best) from None
+        raise _disk_error(e, best, run_dir) from None
     shutil.rmtree(old, ignore_errors=True)
     if best.exists():
         os.rename(best, old)
@@ -150,6 +176,14 @@ def resolve_resume(resume: str, run_dir: Path) -> Path | None:
     return path
 
 
+def read_trainer_state(path: Path) -> dict:
+    """The trainer state saved in a checkpoint, or {} when it cannot be read (read_checkpoint says why)."""
+    try:
+        return json.loads((Path(path) / STATE_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def read_checkpoint(path: Path, config: GPTConfig) -> dict:
     """The trainer state of a resumable checkpoint, after checking it fits the model being trained."""
     for needed in (STATE_NAME, CONFIG_NAME, "state"):
@@ -169,8 +203,21 @@ def read_checkpoint(path: Path, config: GPTConfig) -> dict:
     return state
 
 
-def load_training_state(accelerator, path: Path) -> None:
+def load_training_state(accelerator, model, path: Path) -> None:
+    """Optimizer, scaler and RNG states through Accelerate; the weights from our own safetensors file
+    (DeepSpeed loads its engine files itself). Anything unreadable is a one-line CheckpointError."""
+    from accelerate.utils import DistributedType
+    from accelerate.utils.other import load
+
+    rng_file = path / "state" / f"random_states_{accelerator.process_index}.pkl"
     try:
+        # Accelerate skips an unreadable RNG file silently, and the resume would then not be exact.
+        if "torch_manual_seed" not in load(rng_file):
+            raise ValueError("no torch RNG state in it")
+        if accelerator.distributed_type != DistributedType.DEEPSPEED:
+            weights = load_file(str(path / WEIGHTS_NAME), device=str(accelerator.device))
+            weights["head.weight"] = weights["embed.weight"]  # tied: stored once
+            accelerator.unwrap_model(model).load_state_dict(weights)
         accelerator.load_state(str(path / "state"))
     except Exception as e:  # noqa: BLE001 - torch/safetensors/deepspeed each raise their own types
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -178,3 +225,24 @@ def load_training_state(accelerator, path: Path) -> None:
             f"{path} could not be loaded ({type(e).__name__}: {first_line[:200]}); it is corrupt or not ours - "
             "resume from an older checkpoints/step-N folder"
         ) from None
+
+
+def resolve_weights(path: str | None) -> Path:
+    """A weights folder from a folder that holds model.safetensors, a run folder (its best), or the
+    newest run under ./runs when no path is given."""
+    if path is None:
+        runs = sorted((p for p in Path("runs").glob("*") if p.is_dir()), key=lambda p: p.stat().st_mtime) if Path("runs").is_dir() else []
+        runs = [r for r in runs if find_best(r) or step_checkpoints(r)]
+        if not runs:
+            raise UserError("no checkpoint given and no run under ./runs; pass a run folder or a checkpoint folder")
+        path = str(runs[-1])
+    folder = Path(path)
+    if (folder / WEIGHTS_NAME).is_file():
+        return folder
+    if not folder.exists():
+        raise UserError(f"{folder} does not exist; pass a run folder (--output-dir of a run) or a checkpoint folder")
+    best = find_best(folder)
+    steps = step_checkpoints(folder)
+    if best or steps:
+        return best or steps[-1]
+    raise UserError(f"{folder} holds no model.safetensors and no checkpoints/; pass a run or checkpoint folder")

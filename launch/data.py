@@ -31,48 +31,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from gpt_core import EOT_ID, IGNORE_INDEX, get_tokenizer
 
+from .config import SMOKE_DATA, DataConfig  # noqa: F401 - SMOKE_DATA is re-exported
 from .errors import UserError
 
 HUB_HOST = "huggingface.co"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # "name" or "owner/name"; anything else is a path
-SMOKE_DATA = Path(__file__).parent / "data_files" / "smoke_stories.jsonl"
 SPLITS = ("train", "validation", "test")
 CACHE_VERSION = 1  # bump when the on-disk layout or the cleaning rules change
 FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    source: str = "roneneldan/TinyStories"  # a hub id, a file, a folder or a glob
-    text_field: str = "text"
-    hub_split: str = "train"
-    # "paper": the first max_samples stories, cut 70/20/10 in order; "shuffle": the same stories
-    # shuffled with `seed` first; "source": all of them train, held-out from `heldout_source`
-    # (or the hub dataset's own "validation" split), halved into validation and test.
-    split_mode: str = "paper"
-    heldout_source: str | None = None
-    max_samples: int | None = 270_000
-    train_fraction: float = 0.7
-    validation_fraction: float = 0.2
-    seed: int = 1234
-    min_chars: int = 20  # shorter stories are dropped as "near-empty"
-    cache_dir: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.split_mode not in ("paper", "shuffle", "source"):
-            raise UserError(f"--split-mode must be paper, shuffle or source, got {self.split_mode!r}")
-        if self.max_samples is not None and self.max_samples < 3:
-            raise UserError(f"--max-samples must be at least 3 (one story per split), got {self.max_samples}")
-        fractions = (self.train_fraction, self.validation_fraction)
-        if min(fractions) <= 0 or sum(fractions) >= 1:
-            raise UserError(
-                f"split fractions train={self.train_fraction}, validation={self.validation_fraction} must be "
-                "positive and leave room for a test split (e.g. 0.7 and 0.2)"
-            )
-
-    def cache_root(self) -> Path:
-        default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpt-launch"
-        return Path(self.cache_dir) if self.cache_dir else default
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,7 +160,7 @@ def _load_file(path: Path, field: str, hf_cache: Path) -> list[str]:
         return [story for document in ds["text"] for story in document.split("<|endoftext|>")]
     if field not in ds.column_names:
         raise UserError(f"{path} has no field {field!r} (fields: {ds.column_names}); pass --text-field")
-    return [t if isinstance(t, str) else "" for t in ds[field]]
+    return [t if isinstance(t, str) else None for t in ds[field]]  # None: counted as "not text"
 
 
 def load_stories(source: str, field: str, split: str, max_samples: int | None, cache_root: Path):
@@ -223,6 +189,9 @@ def clean_stories(stories: list[str], min_chars: int) -> tuple[list[str], Counte
     as written: punctuation and quotes stay (removing them, as the paper did, flatters perplexity)."""
     kept, dropped, seen = [], Counter(), set()
     for story in stories:
+        if not isinstance(story, str):
+            dropped["not a string (e.g. null or a number)"] += 1
+            continue
         story = story.strip()
         if not story:
             dropped["empty"] += 1
@@ -236,9 +205,12 @@ def clean_stories(stories: list[str], min_chars: int) -> tuple[list[str], Counte
     return kept, dropped
 
 
-def split_stories(stories: list[str], cfg: DataConfig) -> dict[str, list[str]]:
+def split_stories(stories: list[str], cfg: DataConfig, seed: int | None = None) -> dict[str, list[str]]:
+    """Cut in order by the config's fractions; `split_mode` shuffle shuffles with `seed` first."""
     if cfg.split_mode == "shuffle":
-        order = np.random.default_rng(cfg.seed).permutation(len(stories))
+        if seed is None:
+            raise ValueError("split_mode 'shuffle' needs the run's seed")
+        order = np.random.default_rng(seed).permutation(len(stories))
         stories = [stories[i] for i in order]
     n = len(stories)
     n_train, n_val = int(n * cfg.train_fraction), int(n * cfg.validation_fraction)
@@ -291,8 +263,10 @@ def tokenize_stories(stories: list[str], chunk: int = 8192) -> tuple[np.ndarray,
     return tokens, offsets
 
 
-def cache_key(cfg: DataConfig, fingerprint: str, heldout_fingerprint: str | None) -> str:
+def cache_key(cfg: DataConfig, seed: int | None, fingerprint: str, heldout_fingerprint: str | None) -> str:
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("source", "heldout_source", "cache_dir")}
+    if cfg.split_mode == "shuffle":  # the seed decides the split only then
+        settings["seed"] = seed
     tokenizer = get_tokenizer()
     material = json.dumps(
         {
@@ -323,7 +297,7 @@ def _cheap_fingerprint(source: str | None) -> str | None:
     return files_fingerprint(files) if files is not None else None
 
 
-def _build(cfg: DataConfig, log: Callable[[str], None]) -> tuple[dict[str, list[str]], dict, str, str | None]:
+def _build(cfg: DataConfig, seed: int | None, log: Callable[[str], None]) -> tuple[dict[str, list[str]], dict, str, str | None]:
     start = time.perf_counter()
     stories, fingerprint, how = load_stories(cfg.source, cfg.text_field, cfg.hub_split, cfg.max_samples, cfg.cache_root())
     log(f"data: {cfg.source} -> {how}, {len(stories):,} stories read")
@@ -345,7 +319,7 @@ def _build(cfg: DataConfig, log: Callable[[str], None]) -> tuple[dict[str, list[
         half = len(held) // 2
         splits = {"train": kept, "validation": held[:half], "test": held[half:]}
     else:
-        splits = split_stories(kept, cfg)
+        splits = split_stories(kept, cfg, seed)
     if dropped:
         log("data: dropped " + ", ".join(f"{n:,} {why}" for why, n in sorted(dropped.items())))
     meta = {"stories_read": len(stories), "dropped": dict(dropped), "load_seconds": time.perf_counter() - start}
@@ -376,9 +350,11 @@ def _write_cache(target: Path, splits: dict[str, list[str]], meta: dict, log) ->
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def prepare_data(cfg: DataConfig, main_process_first=None, log: Callable[[str], None] = print) -> PreparedData:
+def prepare_data(cfg: DataConfig, seed: int | None = None, main_process_first=None,
+                 log: Callable[[str], None] = print) -> PreparedData:
     """Load, clean, split and tokenize `cfg.source`, or read all of it back from the cache.
 
+    `seed` (the run's one seed) orders the stories for `split_mode` shuffle and is unused otherwise.
     `main_process_first` (Accelerate's context manager) lets one process build the cache while the
     others wait, then read it.
     """
@@ -386,12 +362,12 @@ def prepare_data(cfg: DataConfig, main_process_first=None, log: Callable[[str], 
         fingerprint, heldout = _cheap_fingerprint(cfg.source), _cheap_fingerprint(cfg.heldout_source)
         splits_text = meta = None
         if fingerprint is None:  # a hub source: load it to learn its fingerprint
-            splits_text, meta, fingerprint, heldout = _build(cfg, log)
-        target = cfg.cache_root() / "tokens" / cache_key(cfg, fingerprint, heldout)
+            splits_text, meta, fingerprint, heldout = _build(cfg, seed, log)
+        target = cfg.cache_root() / "tokens" / cache_key(cfg, seed, fingerprint, heldout)
         from_cache = (target / "meta.json").exists()
         if not from_cache:
             if splits_text is None:
-                splits_text, meta, _, _ = _build(cfg, log)
+                splits_text, meta, _, _ = _build(cfg, seed, log)
             target.parent.mkdir(parents=True, exist_ok=True)
             _write_cache(target, splits_text, meta, log)
     meta = json.loads((target / "meta.json").read_text())
@@ -491,4 +467,9 @@ def make_dataloader(dataset: Dataset, batch_size: int, seed: int, shuffle: bool,
             "give --data more stories or lower --context"
         )
     sampler = EpochShuffleSampler(len(dataset), seed, shuffle)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, pin_memory=pin_memory)
+    # Each new iterator of a DataLoader draws a base seed from its `generator`, or from the global
+    # torch RNG when it has none. That RNG also drives dropout, and a resumed run opens its epoch's
+    # iterator at a different moment than an uninterrupted one (and validation opens one per
+    # evaluation): with a draw from the global RNG there, dropout masks after a resume would differ.
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, pin_memory=pin_memory,
+                      generator=torch.Generator().manual_seed(seed))

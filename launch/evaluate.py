@@ -7,6 +7,7 @@ Perplexity is exp(total loss / total tokens): the mean over tokens, not a mean o
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -16,13 +17,19 @@ from gpt_core import IGNORE_INDEX
 
 
 @torch.no_grad()
-def evaluate(model, dataloader, accelerator, max_batches: int | None = None) -> dict:
+def evaluate(model, dataloader, accelerator, max_batches: int | None = None, desc: str | None = None) -> dict:
+    """`max_batches` caps the batches per process; `desc` shows a progress bar (main process)."""
     was_training = model.training
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
-    for i, (x, y) in enumerate(dataloader):
-        if max_batches is not None and i >= max_batches:
-            break
+    batches = itertools.islice(dataloader, max_batches)
+    if desc is not None:
+        from tqdm.auto import tqdm
+
+        total = len(dataloader) if max_batches is None else min(max_batches, len(dataloader))
+        batches = tqdm(batches, total=total, desc=desc, unit="batch", dynamic_ncols=True, leave=False,
+                       disable=not accelerator.is_local_main_process)
+    for x, y in batches:
         with accelerator.autocast():
             logits, _ = model(x)
         logits = logits.float()

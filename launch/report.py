@@ -78,7 +78,8 @@ def render_report(run_dir: Path, fmt: str = "md") -> str:
         ("test loss / perplexity / accuracy",
          f"{_fmt(test.get('loss'))} / {_fmt(test.get('perplexity'), 2)} / {_fmt(test.get('accuracy'))}"),
         ("throughput (tokens/s)", f"{s['throughput_tokens_per_s']:,.0f}"),
-        ("hardware", f"{s['hardware']['device']} x {s['hardware']['processes']} ({s['hardware']['mixed_precision']})"),
+        ("hardware", f"{s['hardware']['device']}, {s['hardware']['processes']} process(es), mixed precision "
+                     f"{'no (fp32)' if s['hardware']['mixed_precision'] == 'no' else s['hardware']['mixed_precision']}"),
         ("wall time", f"{s['elapsed_seconds'] / 60:.1f} min"),
     ]
     title = f"Run report: {run_dir.name}"

@@ -7,26 +7,14 @@
 6 layers, 8 heads, d_model 512, FFN 2048, context 256, dropout 0.1, post-LN; the first 270,000
 stories split 70/20/10; AdamW lr 2e-4, betas (0.9, 0.95), weight decay 0.01, 500 warmup steps then
 cosine; batch 4 per GPU (2 per CPU process) x 8 accumulation; up to 10 epochs, early stopping after
-3 evaluations without improvement. Every value can be changed on the command line (see --help).
+3 evaluations without improvement. These are TrainConfig's defaults (launch/config.py, their one
+home); every one can be changed on the command line (see --help).
 """
 
 from launch.cli import train_command
-from launch.data import DataConfig
-from launch.train import TrainConfig
+from launch.config import TrainConfig
 
-RECIPE = TrainConfig(
-    data=DataConfig(source="roneneldan/TinyStories", max_samples=270_000, split_mode="paper"),
-    preset="paper",
-    layout="packed",
-    grad_accum=8,
-    epochs=10,
-    lr=2e-4,
-    betas=(0.9, 0.95),
-    weight_decay=0.01,
-    warmup_steps=500,
-    patience=3,
-    output_dir="runs/tinystories",
-)
+RECIPE = TrainConfig(output_dir="runs/tinystories")
 
 if __name__ == "__main__":
     train_command(RECIPE, name="tinystories", help_text=__doc__)()

@@ -17,22 +17,18 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from gpt_core import GPT, generate, get_preset, get_tokenizer
+from gpt_core import GPT, GPTConfig, generate, get_preset, get_tokenizer
+from launch.runtime import default_batch_size, device_name, resolve_device
 
 IMPLEMENTATIONS = {
     "ours": "gpt_core GPT: packed rows, SDPA, fused AdamW, no host sync",
     "paper": "(a) the paper's recipe: hand-written masked attention, stories padded to 256, accuracy read back each micro-batch",
     "hf_gpt2": "(b) transformers GPT2LMHeadModel, same size, packed rows, plain AdamW step",
 }
-
-
-def device_of(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _sync(device):
@@ -83,22 +79,21 @@ def _peak_memory_mb(device) -> float:
 def train_worker(spec: dict) -> dict:
     """Runs in its own process: build one implementation, time `steps` optimizer steps."""
     from launch.bench import baselines
-    from launch.train import TrainConfig, build_optimizer
+    from launch.config import TrainConfig
+    from launch.train import build_optimizer
 
     torch.manual_seed(0)
     device = torch.device(spec["device"])
-    config = get_preset(spec["preset"])
+    config = GPTConfig.from_dict(spec["model_config"]) if spec.get("model_config") else get_preset(spec["preset"])
+    paper = TrainConfig()  # the recipe's optimizer settings, for every implementation alike
     kind, batch, accum = spec["kind"], spec["batch_size"], spec["grad_accum"]
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[spec["precision"]]
     if kind == "ours":
         model = GPT(config).to(device)
-        optimizer = build_optimizer(model, TrainConfig(preset=spec["preset"]), device)
-    elif kind == "paper":
-        model = baselines.PaperGPT(config).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4, betas=(0.9, 0.95), weight_decay=0.01)
+        optimizer = build_optimizer(model, paper, device)
     else:
-        model = baselines.hf_gpt2(config).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4, betas=(0.9, 0.95), weight_decay=0.01)
+        model = (baselines.PaperGPT(config) if kind == "paper" else baselines.hf_gpt2(config)).to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=paper.lr, betas=paper.betas, weight_decay=paper.weight_decay)
     if spec.get("compile") and kind == "ours":
         model = torch.compile(model)
     model.train()
@@ -115,7 +110,7 @@ def train_worker(spec: dict) -> dict:
                 _, loss = model(x, y)
             scaler.scale(loss / len(batches)).backward()
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), paper.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -156,6 +151,26 @@ def _in_subprocess(spec: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def story_files(source: str | None = None, cache_dir: str | None = None) -> dict:
+    """The token and offset files of the train split of `source` (default: the shipped smoke stories)."""
+    from launch.data import SMOKE_DATA, DataConfig, prepare_data
+
+    prepared = prepare_data(DataConfig(source=source or str(SMOKE_DATA), max_samples=None, cache_dir=cache_dir),
+                            log=lambda *_: None)
+    return {"tokens": str(prepared.cache_dir / "train.tokens.npy"),
+            "offsets": str(prepared.cache_dir / "train.offsets.npy"), "cache_root": str(prepared.cache_dir.parent.parent)}
+
+
+def measure_our_training(config: GPTConfig, device: torch.device, batch_size: int | None = None, grad_accum: int = 2,
+                         steps: int = 3, warmup: int = 2) -> float:
+    """Our fp32 training throughput in useful tokens/s (median step), measured exactly as the benchmark
+    measures it, in this process: what `gpt-launch info` estimates an epoch from."""
+    spec = {"kind": "ours", "model_config": config.to_dict(), "batch_size": batch_size or default_batch_size(device),
+            "grad_accum": grad_accum, "steps": steps, "warmup": warmup, "device": str(device), "precision": "fp32",
+            "data": story_files()}
+    return statistics.median(train_worker(spec)["step_tokens_per_s"])
+
+
 def measure_generation(preset: str, device, tokens: int, use_cache: bool) -> float:
     torch.manual_seed(0)
     model = GPT(get_preset(preset)).to(device).eval()
@@ -180,22 +195,20 @@ def measure_data_preparation(stories: list[str]) -> dict:
 
 def run_bench(preset="paper", batch_size=None, grad_accum=2, steps=3, warmup=2, device="auto", precision=None, data=None,
               baselines=True, gen_tokens=300, compile=False, cache_dir=None, rounds=2, progress=print) -> dict:
-    from launch.data import SMOKE_DATA, DataConfig, load_stories, prepare_data
+    from launch.data import SMOKE_DATA, load_stories
 
-    dev = device_of(device)
+    dev = resolve_device(device)
     precision = precision or ("fp32" if dev.type == "cpu" else "bf16")
-    batch = batch_size or (2 if dev.type == "cpu" else 4)
+    batch = batch_size or default_batch_size(dev)
     config = get_preset(preset)
     source = data or str(SMOKE_DATA)
-    prepared = prepare_data(DataConfig(source=source, max_samples=None, cache_dir=cache_dir), log=lambda *_: None)
-    train_split = prepared.cache_dir
-    data_files = {"tokens": str(train_split / "train.tokens.npy"), "offsets": str(train_split / "train.offsets.npy")}
+    data_files = story_files(source, cache_dir)
     peak_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     progress(f"bench: measuring the {precision} matmul peak on {dev}")
     peak = measure_matmul_peak(dev, peak_dtype)
     flops_per_token = config.flops_per_token()
     result = {
-        "device": _device_name(dev), "precision": precision, "preset": preset, "batch_size": batch,
+        "device": device_name(dev), "precision": precision, "preset": preset, "batch_size": batch,
         "grad_accum": grad_accum, "context": config.context_length, "steps": steps, "warmup": warmup, "rounds": rounds, "data": source,
         "torch_threads": torch.get_num_threads(), "matmul_peak_tflops": peak / 1e12,
         "flops_per_token": flops_per_token, "training": {}, "compile": compile,
@@ -231,15 +244,9 @@ def run_bench(preset="paper", batch_size=None, grad_accum=2, steps=3, warmup=2, 
     result["generation"] = {"tokens": gen_tokens, "cached_tokens_per_s": cached, "uncached_tokens_per_s": uncached,
                             "cache_speedup": cached / uncached}
     progress("bench: tokenizing the stories")
-    stories, _, _ = load_stories(source, "text", "train", None, prepared.cache_dir.parent.parent)
+    stories, _, _ = load_stories(source, "text", "train", None, Path(data_files["cache_root"]))
     result["data_preparation"] = measure_data_preparation(stories)
     return result
-
-
-def _device_name(dev) -> str:
-    from launch.train import _device_name as name
-
-    return name(dev)
 
 
 def format_table(r: dict) -> str:

@@ -5,14 +5,18 @@ import json
 import sys
 from pathlib import Path
 
-from launch.data import DataConfig, make_dataloader, make_dataset, prepare_data
-from launch.train import make_accelerator, smoke_config, train
+import dataclasses
+
+from launch.config import DataConfig, smoke_config
+from launch.data import make_dataloader, make_dataset, prepare_data
+from launch.runtime import make_accelerator
+from launch.train import train
 
 out, data = Path(sys.argv[1]), sys.argv[2]
-cfg = smoke_config(data=DataConfig(source=data, cache_dir=str(out / "cache")), preset="tiny", output_dir=str(out / "run"),
-                   max_steps=6, eval_every=3, sample_tokens=8, mixed_precision="no")
+cfg = dataclasses.replace(smoke_config(), data=DataConfig(source=data, cache_dir=str(out / "cache")), preset="tiny",
+                          output_dir=str(out / "run"), max_steps=6, eval_every=3, sample_tokens=8, mixed_precision="no")
 accelerator = make_accelerator()
-prepared = prepare_data(cfg.data, accelerator.main_process_first, log=lambda *_: None)
+prepared = prepare_data(cfg.data, cfg.seed, accelerator.main_process_first, log=lambda *_: None)
 dataset = make_dataset(prepared.splits["train"], 32, "packed")
 loader = accelerator.prepare(make_dataloader(dataset, 2, cfg.seed, True, True))
 rows = {}

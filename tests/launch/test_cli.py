@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from gpt_core import get_tokenizer, load_pretrained
 from launch.cli import cli
 from launch.data import SMOKE_DATA, DataConfig, PackedDataset, prepare_data
-from tests.conftest import PYTHON, run_cli
+from tests.helpers import PYTHON, run_cli, tiny_run
 
 pytestmark = pytest.mark.slow
 
@@ -20,8 +20,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
-    run_cli([PYTHON, "-m", "launch.cli", "train", "--smoke", "--preset", "tiny", "--max-steps", "6", "--output-dir", str(out),
-             "--data-cache", str(out.parent / "cache"), "--sample-tokens", "8"])
+    tiny_run(out, "--max-steps", "6")
     return out
 
 
@@ -62,15 +61,17 @@ def test_generate_num_samples_greedy_and_interactive(run_dir):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--temperature", "0"], "temperature must be > 0"),
+    (["--temperature", "0"], "temperature must be > 0 when sampling, got 0.0; use --greedy"),
+    (["--max-tokens", "0"], "--max-tokens must be >= 1, got 0"),
     (["--top-p", "1.5"], "top_p must be in (0, 1]"),
     (["--prompt", "word" + " word" * 39], "prompt has 40 tokens but the model's context is 32"),
 ])
 def test_generate_bad_arguments_are_one_line_errors(run_dir, args, words):
     result = CliRunner().invoke(cli, ["generate", str(run_dir), "--max-tokens", "3", *args])
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert result.exit_code == 2 and len(errors) == 1 and words in errors[0]
+    assert result.exit_code == 2 and len(errors) == 1 and words in errors[0], result.stderr
     assert "Traceback" not in result.output
+    assert "error" not in result.stdout, "the error is a line of its own, not glued to an echoed prompt"
 
 
 def test_generate_missing_checkpoint(tmp_path):
@@ -106,6 +107,15 @@ def test_evaluate_is_exp_of_mean_token_loss(run_dir, tmp_path):
     assert got["perplexity"] == pytest.approx(math.exp(loss), rel=1e-5)
 
 
+def test_evaluate_takes_the_data_settings_from_the_run(run_dir, tmp_path):
+    """No --data: the run's own train_config.json says which stories and split, not the paper's hub default."""
+    out = tmp_path / "m.json"
+    result = run_cli([PYTHON, "-m", "launch.cli", "evaluate", run_dir, "--split", "validation", "--json-out", out],
+                     env={"HF_HUB_OFFLINE": "1"})
+    assert "data settings from" in result.stdout and "train_config.json" in result.stdout
+    assert json.loads(out.read_text())["data"] == str(SMOKE_DATA)
+
+
 def test_evaluate_padded_counts_no_padding(run_dir, tmp_path):
     out = tmp_path / "m.json"
     invoke("evaluate", run_dir, "--data", SMOKE_DATA, "--split", "test", "--layout", "padded", "--data-cache", tmp_path / "c",
@@ -131,6 +141,7 @@ def test_evaluate_two_processes_match_one(run_dir, tmp_path):
 def test_info_for_preset_and_checkpoint(run_dir):
     paper = invoke("info", "--preset", "paper", "--measure-steps", "1")
     assert paper.exit_code == 0 and "44,645,888" in paper.output and "FLOPs per token" in paper.output
+    assert "median of 1 optimizer steps after 2 untimed" in paper.output  # measured as `bench` measures
     assert "estimated time per epoch" in paper.output
     tiny = invoke("info", run_dir, "--measure-steps", "1")
     assert tiny.exit_code == 0 and '"d_model": 32' in tiny.output

@@ -15,13 +15,13 @@ from launch.data import (
     clean_stories, concat_splits, make_dataloader, prepare_data, tokenize_stories,
 )
 from launch.errors import UserError
-from tests.conftest import REPO, make_stories, write_jsonl
+from tests.helpers import REPO, make_stories, write_jsonl
 
 STORIES = make_stories(60)
 
 
-def prepared(source, cache_dir, **kw):
-    return prepare_data(DataConfig(source=str(source), cache_dir=cache_dir, **kw), log=lambda *_: None)
+def prepared(source, cache_dir, seed=1234, **kw):
+    return prepare_data(DataConfig(source=str(source), cache_dir=cache_dir, **kw), seed, log=lambda *_: None)
 
 
 def story_texts(split):
@@ -103,6 +103,18 @@ def test_shuffle_depends_on_seed(tmp_path, cache_dir):
     a = all_text(prepared(source, cache_dir, split_mode="shuffle", seed=1))
     b = all_text(prepared(source, cache_dir, split_mode="shuffle", seed=2))
     assert a["train"] != b["train"] and a["train"] != STORIES[:42]
+    # the seed decides only the shuffled split: the ordered one is the same cache whatever the seed
+    assert prepared(source, cache_dir, seed=1).cache_dir == prepared(source, cache_dir, seed=2).cache_dir
+
+
+def test_stories_that_are_not_text_are_dropped_with_the_reason(tmp_path, cache_dir):
+    import json
+
+    source = tmp_path / "mixed.jsonl"
+    source.write_text("".join(json.dumps({"text": t}) + "\n" for t in [*STORIES[:30], None, 42, *STORIES[30:40]]))
+    data = prepared(source, cache_dir)
+    assert data.meta["dropped"] == {"not a string (e.g. null or a number)": 2}
+    assert sum(len(v) for v in all_text(data).values()) == 40
 
 
 def test_source_mode_uses_the_heldout_files(tmp_path, cache_dir):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from launch.data import SMOKE_DATA
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -12,28 +12,19 @@ import time
 import psutil
 import pytest
 
-from tests.conftest import PYTHON, REPO, run_cli
+from tests.helpers import PYTHON, REPO, child_env, losses, run_cli
+from tests.helpers import train_args as tiny_train_args
+from tests.helpers import tiny_run as train
 
 pytestmark = pytest.mark.slow
 
 
 def train_args(out, *extra):
-    return [PYTHON, "-m", "launch.cli", "train", "--smoke", "--preset", "tiny", "--output-dir", str(out),
-            "--data-cache", str(out.parent / "cache"), "--sample-tokens", "8", "--log-every", "1", *extra]
-
-
-def train(out, *extra, env=None, check=True, **kw):
-    return run_cli(train_args(out, *extra), env=env, check=check, **kw)
-
-
-def losses(run_dir):
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return {r["step"]: r["loss"] for r in map(json.loads, lines) if r["kind"] == "train"}
+    return tiny_train_args(out, "--log-every", "1", *extra)
 
 
 def start(args, env=None):
-    full = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled", **(env or {})}
-    return subprocess.Popen(args, cwd=REPO, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(args, cwd=REPO, env=child_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for_step(run_dir, step, proc, timeout=120):
@@ -53,7 +44,9 @@ def one_error_line(proc, words):
     assert "Traceback" not in proc.stderr
 
 
-COMMON = ["--max-steps", "16", "--epochs", "10", "--save-every", "2", "--eval-every", "8"]
+# The small preset keeps the paper's dropout (0.1): every resume below must be exact with it on.
+COMMON = ["--preset", "small", "--log-every", "1", "--max-steps", "16", "--epochs", "10", "--save-every", "2",
+          "--eval-every", "8"]
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +136,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, straight
     proc = subprocess.run(train_args(out, *COMMON, "--resume", "auto"), cwd=REPO, env=full, capture_output=True,
                           text=True, preexec_fn=limit_file_size, timeout=300)
     one_error_line(proc, "no space left")
-    assert "previous checkpoint is intact" in proc.stderr
+    assert "the previous checkpoint step-0000004 is intact" in proc.stderr
     after = {p.name: p.stat().st_size for p in (out / "checkpoints" / "step-0000004").rglob("*") if p.is_file()}
     assert after == before
     assert sorted(p.name for p in (out / "checkpoints").glob("step-*"))[-1] == "step-0000004"
@@ -184,13 +177,17 @@ def test_unreachable_hub_with_no_local_data(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    """A run paused at step 4 of 8, with a best checkpoint and a step checkpoint to resume from."""
     out = tmp_path_factory.mktemp("trained") / "run"
-    train(out, "--max-steps", "4")
+    train(out, "--max-steps", "8", "--eval-every", "2", "--stop-after-steps", "4")
     return out
 
 
 def test_resuming_with_another_model_config_is_refused(trained, tmp_path):
-    proc = run_cli(train_args(trained, "--max-steps", "8", "--resume", "auto", "--preset", "small"), check=False)
+    proc = run_cli(train_args(trained, "--resume", "auto", "--preset", "small"), check=False)
+    one_error_line(proc, "--preset 'tiny' -> 'small'")
+    # even when changes are allowed, weights of another shape cannot be loaded
+    proc = run_cli(train_args(trained, "--resume", "auto", "--preset", "small", "--allow-changes"), check=False)
     one_error_line(proc, "was trained with a different model config")
 
 
@@ -212,7 +209,7 @@ def test_corrupt_training_state_is_a_clear_error(trained, tmp_path):
     shutil.copytree(trained, run)
     step = sorted((run / "checkpoints").glob("step-*"))[-1]
     (step / "state" / "optimizer.bin").write_bytes(b"\x00garbage" * 10)
-    proc = run_cli(train_args(run, "--max-steps", "8", "--resume", "auto"), check=False)
+    proc = run_cli(train_args(run, "--resume", "auto"), check=False)
     one_error_line(proc, "could not be loaded")
 
 
@@ -229,9 +226,62 @@ def test_a_malicious_pickle_in_a_checkpoint_is_refused(trained, tmp_path):
     step = sorted((run / "checkpoints").glob("step-*"))[-1]
     for name in ("optimizer.bin", "random_states_0.pkl"):
         (step / "state" / name).write_bytes(pickle.dumps({"state": Payload()}))
-    proc = run_cli(train_args(run, "--max-steps", "8", "--resume", "auto"), cwd=tmp_path, check=False)
+    proc = run_cli(train_args(run, "--resume", "auto"), cwd=tmp_path, check=False)
     one_error_line(proc, "could not be loaded")
     assert not (tmp_path / "PWNED").exists() and not (REPO / "PWNED").exists()
+
+
+def test_a_corrupt_rng_state_is_a_clear_error_not_a_silent_inexact_resume(trained, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    step = sorted((run / "checkpoints").glob("step-*"))[-1]
+    (step / "state" / "random_states_0.pkl").write_bytes(b"\x00not a torch file" * 10)
+    one_error_line(run_cli(train_args(run, "--resume", "auto"), check=False), "could not be loaded")
+
+
+def test_an_output_dir_under_a_file_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    one_error_line(train(tmp_path / "file" / "run", "--max-steps", "2", check=False), "cannot create the run folder")
+
+
+def test_fp16_on_a_cpu_is_refused_in_one_line(tmp_path):
+    proc = train(tmp_path / "run", "--mixed-precision", "fp16", "--max-steps", "2", check=False)
+    one_error_line(proc, "fp16 mixed precision needs a GPU")
+    assert not (tmp_path / "run").exists(), "a failed run leaves no empty output folder"
+
+
+def test_failed_runs_leave_no_output_folder(tmp_path):
+    train(tmp_path / "run", "--data", str(tmp_path / "missing.jsonl"), check=False)
+    (tmp_path / "empty.jsonl").write_text("")
+    train(tmp_path / "run", "--data", str(tmp_path / "empty.jsonl"), check=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_disk_full_at_the_first_checkpoint_does_not_promise_an_earlier_one(tmp_path):
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
+
+    proc = subprocess.run(train_args(tmp_path / "run", "--max-steps", "4", "--save-every", "1"), cwd=REPO,
+                          env=child_env(), capture_output=True, text=True, preexec_fn=limit_file_size, timeout=300)
+    one_error_line(proc, "no earlier checkpoint exists")
+    assert "intact" not in proc.stderr
+
+
+def test_a_second_ctrl_c_stops_at_once_and_the_next_start_cleans_up(tmp_path):
+    out = tmp_path / "run"
+    proc = start(train_args(out, "--preset", "small", "--max-steps", "400", "--epochs", "100"))
+    wait_for_step(out, 2, proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)  # two separate signals (back to back, the OS may merge them), the second mid-step or mid-save
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted twice" in stderr and "Aborted!" not in stderr, stderr[-2000:]
+    (out / "checkpoints" / ".tmp-step-0000009").mkdir(parents=True)  # what a save cut short leaves
+    again = train(out, "--max-steps", "2", "--resume", "auto")
+    assert "removed 1 unfinished temporary folder(s)" in again.stdout
+    assert not list((out / "checkpoints").glob(".tmp-*"))
 
 
 # ---- determinism ------------------------------------------------------------------------------

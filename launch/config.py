@@ -1,0 +1,269 @@
+"""Every setting of a run, defined once: a typed field with its default, help text and flag.
+
+The defaults *are* the paper's recipe (one home for its numbers); `recipes/tinystories.py` only
+names the run. The CLI builds its options from these fields (`launch.cli`), so a new field gets a
+flag without a second definition; `Literal[...]` types give both the choices and the validation,
+and every error message names the flag a user would type.
+
+Each field also says what changing it on `--resume` means (`on_resume`):
+  fixed   the run could no longer continue exactly (data, model, batch): refused unless --allow-changes;
+  warn    allowed, with a warning (the schedule or the optimizer changes from here on);
+  free    may change freely (logging, tracker, checkpoint retention);
+  session belongs to one session and is not taken over from the saved settings (time limits, pauses).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from gpt_core import GPTConfig, get_preset
+
+from .errors import UserError
+
+PAPER_PROMPTS = ("Once upon a time", "The little girl", "In a magical forest", "The brave knight")
+SMOKE_DATA = Path(__file__).parent / "data_files" / "smoke_stories.jsonl"
+
+
+def setting(default=None, help="", *, flag=None, on_resume="warn", at_least=None, above=None, factory=None):
+    """A dataclass field carrying its CLI flag, help text, resume policy and bounds."""
+    meta = {"help": help, "flag": flag, "on_resume": on_resume, "at_least": at_least, "above": above}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def choices_of(annotation) -> tuple | None:
+    """('a', 'b') for Literal['a', 'b'] (also inside `| None`), else None."""
+    if typing.get_origin(annotation) is Literal:
+        return typing.get_args(annotation)
+    for arg in typing.get_args(annotation):
+        if typing.get_origin(arg) is Literal:
+            return typing.get_args(arg)
+    return None
+
+
+def validate(config) -> None:
+    """Check every field against its type's choices and its declared bounds; one line per problem."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value, flag = getattr(config, f.name), flag_of(f)
+        if value is None or dataclasses.is_dataclass(value):
+            continue
+        choices = choices_of(hints[f.name])
+        if choices and value not in choices:
+            raise UserError(f"{flag} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        if f.metadata.get("at_least") is not None and value < f.metadata["at_least"]:
+            raise UserError(f"{flag} must be >= {f.metadata['at_least']}, got {value}")
+        if f.metadata.get("above") is not None and not value > f.metadata["above"]:
+            raise UserError(f"{flag} must be > {f.metadata['above']}, got {value}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the stories come from and how they are cut (the data pipeline is `launch.data`)."""
+
+    source: str = setting("roneneldan/TinyStories", "Stories: a Hugging Face hub id, or a local file, folder or glob "
+                          "(.txt with <|endoftext|> separators, .jsonl/.json, .parquet, each optionally .gz).",
+                          flag="--data", on_resume="fixed")
+    text_field: str = setting("text", "Field holding the story text.", on_resume="fixed")
+    hub_split: str = setting("train", "Split of a hub dataset to read the stories from.", on_resume="fixed")
+    split_mode: Literal["paper", "shuffle", "source"] = setting(
+        "paper", "paper: the first --max-samples stories cut train/validation/test in order; shuffle: the same after "
+        "a shuffle seeded by --seed; source: all train, held-out stories from the hub's validation split or "
+        "--heldout-data.", on_resume="fixed")
+    heldout_source: str | None = setting(None, "Held-out stories for --split-mode source.", flag="--heldout-data",
+                                         on_resume="fixed")
+    max_samples: int | None = setting(270_000, "Use the first N stories of the source (the paper: 270,000). "
+                                      "0 for all.", on_resume="fixed", at_least=3)
+    train_fraction: float = setting(0.7, "Share of the stories for training.", on_resume="fixed", above=0)
+    validation_fraction: float = setting(0.2, "Share for validation; the rest is the test split.",
+                                         on_resume="fixed", above=0)
+    min_chars: int = setting(20, "Stories shorter than this many characters are dropped as near-empty.",
+                             on_resume="fixed", at_least=1)
+    cache_dir: str | None = setting(None, "Token cache folder [default: ~/.cache/gpt-launch].", flag="--data-cache",
+                                    on_resume="free")
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if self.train_fraction + self.validation_fraction >= 1:
+            raise UserError(
+                f"--train-fraction {self.train_fraction} plus --validation-fraction {self.validation_fraction} "
+                "must leave room for a test split (e.g. 0.7 and 0.2)"
+            )
+
+    def cache_root(self) -> Path:
+        default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpt-launch"
+        return Path(self.cache_dir) if self.cache_dir else default
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of a run. The defaults are the paper's recipe."""
+
+    data: DataConfig = setting(help="The stories.", factory=DataConfig, on_resume="fixed")
+    # ---- model ----
+    preset: str = setting("paper", "Model shape: paper, paper-preln, small, tiny.", on_resume="fixed")
+    model_config_file: str | None = setting(None, "A model config JSON (fields as in a checkpoint's config.json); "
+                                            "replaces --preset.", flag="--model-config", on_resume="fixed")
+    norm: Literal["post", "pre"] | None = setting(None, "LayerNorm placement; post is the paper's, pre trains more "
+                                                  "stably [default: the preset's].", on_resume="fixed")
+    dropout: float | None = setting(None, "Dropout [default: the preset's, 0.1 for paper].", on_resume="fixed",
+                                    at_least=0)
+    # ---- batches ----
+    layout: Literal["packed", "padded"] = setting(
+        "packed", "packed: stories concatenated into full rows (no padding); padded: one story per row (the paper's).",
+        on_resume="fixed")
+    batch_size: int | None = setting(None, "Rows per process per micro-batch [default: 4 on GPU, 2 on CPU].",
+                                     on_resume="fixed", at_least=1)
+    grad_accum: int = setting(8, "Micro-batches per optimizer step.", on_resume="fixed", at_least=1)
+    # ---- optimizer and schedule ----
+    epochs: int = setting(10, "Maximum epochs (early stopping may end sooner).", at_least=1)
+    lr: float = setting(2e-4, "Peak AdamW learning rate.", above=0)
+    betas: tuple[float, float] = setting((0.9, 0.95), "AdamW betas (two numbers).")
+    weight_decay: float = setting(0.01, "AdamW weight decay (matrices only).", at_least=0)
+    warmup_steps: int = setting(500, "Linear warmup, in optimizer steps, before cosine decay.", at_least=0)
+    grad_clip: float = setting(1.0, "Clip the gradient norm to this value.", above=0)
+    # The run's planned length (the LR schedule spans it): epochs, cut by these if given.
+    max_steps: int | None = setting(None, "Cap the run at N optimizer steps (the schedule spans the cap).", at_least=1)
+    max_tokens: int | None = setting(None, "Cap the run at N training tokens (the schedule spans the cap).",
+                                     at_least=1)
+    # ---- evaluation and early stopping ----
+    eval_every: int | None = setting(None, "Also validate every N optimizer steps (always at each epoch end).",
+                                     at_least=1)
+    eval_batches: int | None = setting(None, "Validate on at most N batches per process [default: all].", at_least=1)
+    test_batches: int | None = setting(None, "Test on at most N batches per process at the end [default: all].",
+                                       on_resume="free", at_least=1)
+    patience: int = setting(3, "Early stopping: evaluations without improvement.", at_least=1)
+    # ---- this session: pauses, logging, checkpoints ----
+    max_minutes: float | None = setting(None, "Pause after N minutes with a checkpoint; --resume auto continues.",
+                                        on_resume="session", above=0)
+    stop_after_steps: int | None = setting(None, "Pause after N optimizer steps this session; --resume auto "
+                                           "continues.", on_resume="session", at_least=1)
+    log_every: int = setting(10, "Log (and read the loss back) every N optimizer steps.", on_resume="free", at_least=1)
+    save_every: int | None = setting(None, "Also checkpoint every N optimizer steps (always at each epoch end).",
+                                     on_resume="free", at_least=1)
+    keep_last: int = setting(2, "Step checkpoints to keep (the best one is kept apart).", on_resume="free", at_least=1)
+    output_dir: str = setting("runs/tinystories", "Run folder: checkpoints, metrics.jsonl, curves.png, summary.json.",
+                              on_resume="free")
+    resume: str | None = setting(None, "Continue from a checkpoints/step-N folder, or 'auto' for this run's newest; "
+                                 "the run's saved settings apply, changed only by the flags given.", on_resume="free")
+    allow_changes: bool = setting(False, "On --resume, accept changes to settings that break exact continuation "
+                                  "(data, model, batch, seed).", on_resume="session")
+    # ---- tracking ----
+    tracker: Literal["none", "wandb", "tensorboard"] = setting(
+        "none", "wandb (honours WANDB_MODE=offline) or tensorboard; metrics.jsonl is always written.",
+        on_resume="free")
+    project: str = setting("gpt-launch", "W&B / TensorBoard project name.", on_resume="free")
+    run_name: str | None = setting(None, "Run name for the tracker [default: the output folder's name].",
+                                   on_resume="free")
+    log_checkpoint: bool = setting(False, "Upload the best checkpoint to W&B as an artifact.", on_resume="free")
+    # ---- the rest ----
+    seed: int = setting(1234, "The one seed: weights, the shuffled split, batch order, dropout and samples.",
+                        on_resume="fixed")
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = setting(
+        None, "Override the Accelerate config's precision [default: as launched; fp32 on CPU].")
+    compile: bool = setting(False, "torch.compile the model (faster on GPU after a warm-up).", on_resume="free")
+    sample_tokens: int = setting(300, "Length of the sample stories at the end.", on_resume="free", at_least=0)
+    prompts: tuple[str, ...] = setting(PAPER_PROMPTS, "Prompts for the sample stories at the end (repeat the flag "
+                                       "for several).", flag="--prompt", on_resume="free")
+
+    def __post_init__(self) -> None:
+        validate(self)
+        self.model_config()  # an unknown preset or an impossible model fails here, before any work
+
+    def model_config(self) -> GPTConfig:
+        overrides = {k: v for k, v in (("norm", self.norm), ("dropout", self.dropout)) if v is not None}
+        base = GPTConfig.load(self.model_config_file) if self.model_config_file else get_preset(self.preset)
+        return base.replace(**overrides)
+
+    # ---- persistence: a run remembers its settings in train_config.json ----
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in saved.items() if k in known}
+        values["data"] = DataConfig(**{k: v for k, v in saved.get("data", {}).items()
+                                       if k in {f.name for f in dataclasses.fields(DataConfig)}})
+        for name in ("betas", "prompts"):
+            if name in values:
+                values[name] = tuple(values[name])
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (ValueError, TypeError) as e:
+            raise UserError(f"{path} is not a readable run config ({e}); fix it or start a new --output-dir") from None
+
+
+def smoke_config(base: TrainConfig | None = None) -> TrainConfig:
+    """The `--smoke` run: a small model, the shipped stories, a few steps; every stage exercised."""
+    base = base or TrainConfig()
+    return dataclasses.replace(
+        base, data=dataclasses.replace(base.data, source=str(SMOKE_DATA)), preset="small", batch_size=2, grad_accum=2,
+        epochs=8, max_steps=32, warmup_steps=4, lr=3e-3, log_every=2, eval_every=6, sample_tokens=40,
+        output_dir="runs/smoke",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Walking the fields: the CLI's options and the resume checks both come from here
+# ---------------------------------------------------------------------------------------------
+def leaf_fields(cls=TrainConfig, prefix: str = ""):
+    """(dotted name, field, type) for every setting, nested DataConfig fields included."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from leaf_fields(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f, hints[f.name]
+
+
+def get_path(config, dotted: str):
+    for part in dotted.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def replace_paths(config, changes: dict):
+    """A copy of `config` with {"data.source": x, "lr": y} applied."""
+    nested: dict[str, dict] = {}
+    top = {}
+    for dotted, value in changes.items():
+        head, _, rest = dotted.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            top[head] = value
+    for head, sub in nested.items():
+        top[head] = replace_paths(getattr(config, head), sub)
+    return dataclasses.replace(config, **top) if top else config
+
+
+def for_next_session(saved: TrainConfig, defaults: TrainConfig) -> TrainConfig:
+    """A run's saved settings, with the ones that belong to a single session back at their defaults."""
+    return replace_paths(saved, {dotted: get_path(defaults, dotted) for dotted, f, _ in leaf_fields()
+                                 if f.metadata["on_resume"] == "session"})
+
+
+def resume_changes(saved: TrainConfig, now: TrainConfig) -> dict[str, list[str]]:
+    """What differs between a run's saved settings and these, grouped by resume policy."""
+    grouped: dict[str, list[str]] = {"fixed": [], "warn": [], "free": [], "session": []}
+    for dotted, f, _ in leaf_fields():
+        before, after = get_path(saved, dotted), get_path(now, dotted)
+        if before != after:
+            grouped[f.metadata["on_resume"]].append(f"{flag_of(f)} {before!r} -> {after!r}")
+    return grouped

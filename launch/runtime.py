@@ -1,0 +1,110 @@
+"""The machine a run lands on: the Accelerator, devices, signals and decisions shared by processes."""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal
+
+import torch
+
+from .errors import UserError
+
+
+class TrainingInterrupted(Exception):
+    """A run stopped by a signal after saving; the CLI prints the message and exits with `exit_code`."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class StopSignal:
+    """SIGINT/SIGTERM set a flag; the loop checkpoints at the next optimizer step and exits.
+    A second signal stops at once (KeyboardInterrupt). Use as a context manager."""
+
+    def __init__(self):
+        self.signum = None
+        self.previous = {}
+
+    def __enter__(self) -> StopSignal:
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+def any_process(accelerator, flag: bool) -> bool:
+    """True on every process if it is true on any: all must stop (and checkpoint) at the same step."""
+    if accelerator.num_processes == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(t, reduction="sum").item() > 0)
+
+
+def has_accelerator_device() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or bool(mps and mps.is_available()) or bool(xpu and xpu.is_available())
+
+
+def resolve_device(choice: str = "auto") -> torch.device:
+    """`auto`: the GPU when there is one, else the CPU; anything else as torch spells it."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Rows per micro-batch when none is given: 4 on a GPU (the paper's RTX 3050), 2 on a CPU."""
+    return 4 if device.type == "cuda" else 2
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def make_accelerator(**kwargs):
+    """An Accelerator that sees every process, also on a machine without a GPU.
+
+    Under `accelerate launch --multi_gpu` (torchrun) on a CPU-only machine, Accelerate takes the run
+    for multi-process only when told the device is the CPU, and DeepSpeed only when given the gloo
+    backend explicitly; otherwise each rank silently trains alone as "process 0 of 1".
+    """
+    from accelerate import Accelerator, PartialState
+
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if not has_accelerator_device():
+        # DeepSpeed, imported by Accelerate's checkpoint code even in runs that do not use it, would
+        # otherwise warn "Setting accelerator to CPU" after failing to find a GPU: we know there is none.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if not has_accelerator_device() and launched > 1:
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+            PartialState(backend="gloo")
+        else:
+            kwargs["cpu"] = True
+    accelerator = Accelerator(**kwargs)
+    if accelerator.num_processes != launched:
+        raise UserError(
+            f"the launcher started {launched} processes but Accelerate sees {accelerator.num_processes}; "
+            "launch with `accelerate launch --multi_gpu --num_processes N` (or one of launch/*.yaml)"
+        )
+    if accelerator.device.type == "cpu" and accelerator.mixed_precision == "fp16":
+        raise UserError(
+            "fp16 mixed precision needs a GPU (on a CPU it runs ~40x slower than fp32); "
+            "use --mixed-precision no, or bf16 on a CPU with AVX-512 BF16/AMX"
+        )
+    return accelerator
