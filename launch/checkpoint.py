@@ -77,7 +77,9 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 # safetensors and torch.save report a failed write as their own error types, with the OS text inside.
-NO_SPACE_TEXT = ("No space left", "File too large", "Disk quota", "os error 28", "os error 27", "failed writing file")
+# torch's zip writer reports a short write (a full disk, a file-size limit) as "unexpected pos".
+NO_SPACE_TEXT = ("No space left", "File too large", "Disk quota", "os error 28", "os error 27", "failed writing file",
+                 "unexpected pos")
 
 
 def _is_write_failure(e: Exception) -> bool:

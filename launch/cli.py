@@ -18,12 +18,12 @@ import click
 
 from .checkpoint import resolve_weights
 from .config import (
-    TrainConfig, choices_of, flag_of, for_next_session, get_path, leaf_fields, replace_paths, smoke_config,
+    RUN_CONFIG_NAME, TrainConfig, choices_of, flag_of, for_next_session, get_path, leaf_fields, replace_paths,
+    saved_run_config, smoke_config,
 )
 from .errors import USER_ERRORS, UserError
 from .runtime import TrainingInterrupted, default_batch_size, resolve_device
 
-RUN_CONFIG_NAME = "train_config.json"
 
 
 def _rank_prefix() -> str:
@@ -99,11 +99,6 @@ def given_options(ctx: click.Context, params: dict) -> dict:
     if given.get("data.max_samples") == 0:  # 0 on the command line: every story
         given["data.max_samples"] = None
     return given
-
-
-def saved_run_config(run_dir: Path) -> TrainConfig | None:
-    path = Path(run_dir) / RUN_CONFIG_NAME
-    return TrainConfig.load(path) if path.is_file() else None
 
 
 def config_from_options(defaults: TrainConfig, ctx: click.Context, params: dict) -> TrainConfig:

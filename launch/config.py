@@ -28,6 +28,7 @@ from .errors import UserError
 
 PAPER_PROMPTS = ("Once upon a time", "The little girl", "In a magical forest", "The brave knight")
 SMOKE_DATA = Path(__file__).parent / "data_files" / "smoke_stories.jsonl"
+RUN_CONFIG_NAME = "train_config.json"  # a run folder's settings, written at each start
 
 
 def setting(default=None, help="", *, flag=None, on_resume="warn", at_least=None, above=None, factory=None):
@@ -201,12 +202,21 @@ class TrainConfig:
                 values[name] = tuple(values[name])
         return cls(**values)
 
+    def save(self, run_dir: Path) -> None:
+        (Path(run_dir) / RUN_CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (ValueError, TypeError) as e:
             raise UserError(f"{path} is not a readable run config ({e}); fix it or start a new --output-dir") from None
+
+
+def saved_run_config(run_dir: Path) -> TrainConfig | None:
+    """The settings a run folder was started with, or None when it has none."""
+    path = Path(run_dir) / RUN_CONFIG_NAME
+    return TrainConfig.load(path) if path.is_file() else None
 
 
 def smoke_config(base: TrainConfig | None = None) -> TrainConfig:

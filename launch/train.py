@@ -15,7 +15,6 @@ update under several processes, and not at all for a skipped fp16 step.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ import torch
 from gpt_core import GPT, IGNORE_INDEX, GPTConfig
 
 from . import checkpoint as ckpt
-from .config import TrainConfig, resume_changes
+from .config import TrainConfig, resume_changes, saved_run_config
 from .data import PreparedData, make_dataloader, make_dataset, prepare_data
 from .errors import UserError
 from .evaluate import evaluate
@@ -165,16 +164,24 @@ class Run:
         return self.state.state_dict() | self.early.state_dict()
 
 
-def _make_run_dir(run_dir: Path) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the run folder {run_dir} ({e.strerror}); choose another --output-dir") from None
+def check_run_dir(run_dir: Path, create: bool = False) -> None:
+    """Fail early, in one line, when the run folder cannot be made (e.g. a path under a file); it is
+    created only once the data and model are ready, so a failed start leaves no empty folder."""
+    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    problem = None if existing.is_dir() else f"{existing} is a file"
+    if create and problem is None:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            problem = e.strerror
+    if problem:
+        raise UserError(f"cannot create the run folder {run_dir} ({problem}); choose another --output-dir")
 
 
 def build_run(cfg: TrainConfig, resume_from: Path | None) -> Run:
     from accelerate.utils import DataLoaderConfiguration, set_seed
 
+    check_run_dir(Path(cfg.output_dir))
     accelerator = make_accelerator(
         gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
         log_with=None if cfg.tracker == "none" else cfg.tracker, project_dir=cfg.output_dir,
@@ -207,7 +214,7 @@ def build_run(cfg: TrainConfig, resume_from: Path | None) -> Run:
               batch_size, Path(cfg.output_dir), early=EarlyStopping(cfg.patience))
     _plan_length(run)
     if accelerator.is_main_process:
-        _make_run_dir(run.run_dir)
+        check_run_dir(run.run_dir, create=True)
         stale = ckpt.remove_stale_temporaries(run.run_dir)
         if stale:
             run.say(f"checkpoint: removed {len(stale)} unfinished temporary folder(s) of an interrupted save: {', '.join(stale)}")
@@ -217,7 +224,7 @@ def build_run(cfg: TrainConfig, resume_from: Path | None) -> Run:
     run.log = RunLog(accelerator, run.run_dir, cfg.tracker, cfg.project, cfg.run_name or run.run_dir.name, cfg.to_dict(),
                      run.state.step if resume_from is not None else None)
     if accelerator.is_main_process:
-        (run.run_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        cfg.save(run.run_dir)
     return run
 
 
@@ -251,10 +258,10 @@ def _restore(run: Run, path: Path) -> None:
 def check_resume(cfg: TrainConfig, resume_from: Path, say=print) -> None:
     """Compare the settings with those the run was started with: refuse what breaks exact
     continuation (unless --allow-changes), warn about what changes the run from here on."""
-    saved_file = resume_from.parent.parent / "train_config.json"
-    if not saved_file.is_file():
+    saved = saved_run_config(resume_from.parent.parent)
+    if saved is None:
         return
-    changes = resume_changes(TrainConfig.load(saved_file), cfg)
+    changes = resume_changes(saved, cfg)
     if changes["fixed"] and not cfg.allow_changes:
         raise UserError(
             f"--resume with changed settings the run cannot continue exactly with ({'; '.join(changes['fixed'])}); "

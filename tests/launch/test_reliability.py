@@ -14,13 +14,17 @@ import pytest
 
 from tests.helpers import PYTHON, REPO, child_env, losses, run_cli
 from tests.helpers import train_args as tiny_train_args
-from tests.helpers import tiny_run as train
 
 pytestmark = pytest.mark.slow
 
 
 def train_args(out, *extra):
+    """The tiny run, logging every step: a fault must be seen at the step it happens."""
     return tiny_train_args(out, "--log-every", "1", *extra)
+
+
+def train(out, *extra, env=None, check=True, **kw):
+    return run_cli(train_args(out, *extra), env=env, check=check, **kw)
 
 
 def start(args, env=None):
@@ -45,7 +49,7 @@ def one_error_line(proc, words):
 
 
 # The small preset keeps the paper's dropout (0.1): every resume below must be exact with it on.
-COMMON = ["--preset", "small", "--log-every", "1", "--max-steps", "16", "--epochs", "10", "--save-every", "2",
+COMMON = ["--preset", "small", "--max-steps", "16", "--epochs", "10", "--save-every", "2",
           "--eval-every", "8"]
 
 
@@ -149,7 +153,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, straight
 @pytest.mark.parametrize("args, words", [
     (["--data", "missing/stories.jsonl"], "data path missing/stories.jsonl does not exist"),
     (["--batch-size", "0"], "--batch-size must be >= 1"),
-    (["--lr", "-0.001"], "--lr must be positive"),
+    (["--lr", "-0.001"], "--lr must be > 0, got -0.001"),
     (["--preset", "gigantic"], "unknown preset 'gigantic'"),
 ])
 def test_bad_training_input_is_one_line(tmp_path, args, words):
@@ -243,7 +247,9 @@ def test_a_corrupt_rng_state_is_a_clear_error_not_a_silent_inexact_resume(traine
 
 def test_an_output_dir_under_a_file_is_one_line(tmp_path):
     (tmp_path / "file").write_text("not a folder")
-    one_error_line(train(tmp_path / "file" / "run", "--max-steps", "2", check=False), "cannot create the run folder")
+    proc = train(tmp_path / "file" / "run", "--max-steps", "2", "--data-cache", tmp_path / "cache", check=False)
+    one_error_line(proc, "cannot create the run folder")
+    assert not (tmp_path / "cache").exists(), "checked before any data work"
 
 
 def test_fp16_on_a_cpu_is_refused_in_one_line(tmp_path):
