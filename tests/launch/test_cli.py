@@ -154,6 +154,7 @@ def test_report_markdown_and_html(run_dir, tmp_path):
     assert md.exit_code == 0
     text = (tmp_path / "r.md").read_text()
     assert "![training curves](curves.png)" in text and "Once upon a time" in text and "perplexity" in text
+    assert "1 process(es), mixed precision no (fp32)" in text  # the hardware row says what each figure is
     invoke("report", run_dir)
     html = (run_dir / "report.html").read_text()
     assert html.startswith("<!doctype html>") and "data:image/png;base64,iVBORw0KGgo" in html  # an embedded real PNG
