@@ -153,12 +153,14 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
         last_only: bool = False,
+        measure: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) token ids -> (logits, loss).
 
         Without targets: the logits (B, T, vocab) and loss None. With targets: logits None and the
         mean cross-entropy over targets != IGNORE_INDEX, computed by the fused head (training never
-        needs the logits themselves). `cache` continues from the positions already cached;
+        needs the logits themselves); with `measure` as well, per row (loss sum, correct, tokens)
+        instead, for evaluation. `cache` continues from the positions already cached;
         `last_only` computes the head for the final position only, all that generation needs.
         """
         B, T = idx.shape
@@ -175,5 +177,5 @@ class GPT(nn.Module):
             cache.length += T
         x = self.final_norm(x)
         if targets is not None:
-            return None, self.head.loss(x, targets)
+            return None, self.head.measure(x, targets) if measure else self.head.loss(x, targets)
         return self.head(x[:, -1:, :] if last_only else x), None

@@ -3,6 +3,8 @@
 Each process sums per-row (loss, correct, tokens); rows are gathered with `gather_for_metrics`,
 which drops the samples Accelerate repeats to even out the last batch, so no token is counted twice.
 Perplexity is exp(total loss / total tokens): the mean over tokens, not a mean of batch means.
+The model measures each row through its chunked head (`measure=True`), so the (batch x context x
+50,257) logits never exist at once: evaluation is cheaper than training in both time and memory.
 """
 
 from __future__ import annotations
@@ -11,9 +13,6 @@ import itertools
 import math
 
 import torch
-import torch.nn.functional as F
-
-from gpt_core import IGNORE_INDEX
 
 
 @torch.no_grad()
@@ -31,12 +30,7 @@ def evaluate(model, dataloader, accelerator, max_batches: int | None = None, des
                        disable=not accelerator.is_local_main_process)
     for x, y in batches:
         with accelerator.autocast():
-            logits, _ = model(x)
-        logits = logits.float()
-        mask = y != IGNORE_INDEX
-        token_loss = F.cross_entropy(logits.transpose(1, 2), y, ignore_index=IGNORE_INDEX, reduction="none")
-        correct = (logits.argmax(dim=-1) == y) & mask
-        rows = torch.stack([token_loss.sum(1), correct.sum(1).float(), mask.sum(1).float()], dim=1).double()
+            _, rows = model(x, y, measure=True)  # (batch, 3): loss sum, correct, tokens per row
         totals += accelerator.gather_for_metrics(rows).sum(0)
     model.train(was_training)
     loss_sum, correct, tokens = totals.tolist()

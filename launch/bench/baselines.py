@@ -4,6 +4,8 @@
     attention written out by hand with a boolean mask, every story padded to 256 tokens, and a
     training step that reads the loss and the token accuracy back to the host every micro-batch.
 (b) `hf_gpt2`: transformers' GPT2LMHeadModel of the same size, trained with a plain AdamW step.
+(c) `full_logits_rows`: evaluation as it was before the chunked head: the whole (batch x context x
+    vocab) logits, a cross-entropy over them and an argmax, per row.
 """
 
 from __future__ import annotations
@@ -100,3 +102,12 @@ def hf_step(model, optimizer, micro_batches, clip=1.0):
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     optimizer.step()
     optimizer.zero_grad()
+
+
+def full_logits_rows(model, x, y):
+    """Per row (loss sum, correct, tokens) from the full logits: the evaluation the chunked head replaced."""
+    logits = model(x)[0].float()
+    mask = y != IGNORE_INDEX
+    token_loss = F.cross_entropy(logits.transpose(1, 2), y, ignore_index=IGNORE_INDEX, reduction="none")
+    correct = (logits.argmax(dim=-1) == y) & mask
+    return torch.stack([token_loss.sum(1), correct.sum(1).float(), mask.sum(1).float()], dim=1).double()

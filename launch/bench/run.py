@@ -3,6 +3,8 @@
 Figures are ratios against baselines measured in the same run, so they survive a noisy machine:
   - training: useful tokens/s (padding excluded) over full optimizer steps, MFU against this
     device's *measured* matmul peak, and peak memory (RSS on CPU, allocated on CUDA);
+  - evaluation: tokens/s and peak memory of a validation pass through the chunked head, next to
+    training's and to the full-logits evaluation it replaced;
   - generation: tokens/s with and without the KV cache;
   - data preparation: tokens/s of tokenizing real stories on all cores.
 Each training measurement runs in its own process, so peak memory belongs to that one alone.
@@ -73,7 +75,15 @@ def _rows(kind: str, data: dict, context: int, batch: int, count: int, device):
 def _peak_memory_mb(device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    # VmHWM is this process image's own peak. ru_maxrss is not: Linux carries the pre-exec peak of a
+    # forked child over, so every worker would report at least the parent's size.
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # macOS reports bytes, Linux KiB
 
 
 def train_worker(spec: dict) -> dict:
@@ -143,6 +153,43 @@ def train_worker(spec: dict) -> dict:
             "padding_fraction": 1 - tokens / (spec["steps"] * accum * batch * config.context_length)}
 
 
+EVALUATIONS = {
+    "eval": "gpt_core GPT, measure=True: loss and accuracy per row through the chunked head",
+    "eval_full_logits": "(c) the full (batch x context x vocab) logits, cross-entropy and argmax",
+}
+
+
+@torch.no_grad()
+def eval_worker(spec: dict) -> dict:
+    """Runs in its own process: time `steps` evaluation micro-batches of real stories, as `evaluate` runs them."""
+    from launch.bench.baselines import full_logits_rows
+
+    torch.manual_seed(0)
+    device = torch.device(spec["device"])
+    config = GPTConfig.from_dict(spec["model_config"]) if spec.get("model_config") else get_preset(spec["preset"])
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[spec["precision"]]
+    model = GPT(config).to(device).eval()
+    warmup, steps = spec["warmup"], spec["steps"] * spec["grad_accum"]  # as many micro-batches as training timed
+    micro = _rows("ours", spec["data"], config.context_length, spec["batch_size"], steps + warmup, device)
+
+    def measure(x, y):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            return model(x, y, measure=True)[1] if spec["kind"] == "eval" else full_logits_rows(model, x, y)
+
+    for x, y in micro[:warmup]:
+        measure(x, y)
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    per_batch = []
+    for x, y in micro[warmup:]:
+        start = time.perf_counter()
+        rows = measure(x, y)
+        tokens = int(rows[:, 2].sum())  # reading the count back also waits for the device
+        per_batch.append(tokens / (time.perf_counter() - start))
+    return {"kind": spec["kind"], "step_tokens_per_s": per_batch, "peak_memory_mb": _peak_memory_mb(device)}
+
+
 def _in_subprocess(spec: dict) -> dict:
     proc = subprocess.run([sys.executable, "-m", "launch.bench.run", json.dumps(spec)], capture_output=True, text=True,
                           env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
@@ -169,6 +216,21 @@ def measure_our_training(config: GPTConfig, device: torch.device, batch_size: in
             "grad_accum": grad_accum, "steps": steps, "warmup": warmup, "device": str(device), "precision": "fp32",
             "data": story_files()}
     return statistics.median(train_worker(spec)["step_tokens_per_s"])
+
+
+def measure_evaluation(spec: dict, rounds: int, progress=print) -> dict:
+    """Evaluation at the training micro-batch size, each kind in its own process, interleaved rounds."""
+    pooled = {}
+    for round_index in range(rounds):
+        for kind in EVALUATIONS:
+            progress(f"bench: evaluating with {kind} (round {round_index + 1}/{rounds}): {EVALUATIONS[kind]}")
+            row = _in_subprocess({**spec, "kind": kind, "compile": False})
+            into = pooled.setdefault(kind, {**row, "step_tokens_per_s": []})
+            into["step_tokens_per_s"] += row["step_tokens_per_s"]
+            into["peak_memory_mb"] = max(into["peak_memory_mb"], row["peak_memory_mb"])
+    for row in pooled.values():
+        row["tokens_per_s"] = statistics.median(row["step_tokens_per_s"])
+    return pooled
 
 
 def measure_generation(preset: str, device, tokens: int, use_cache: bool) -> float:
@@ -214,14 +276,14 @@ def run_bench(preset="paper", batch_size=None, grad_accum=2, steps=3, warmup=2, 
         "flops_per_token": flops_per_token, "training": {}, "compile": compile,
     }
     kinds = ["ours", "paper", "hf_gpt2"] if baselines else ["ours"]
+    spec = {"preset": preset, "batch_size": batch, "grad_accum": grad_accum, "steps": steps, "device": str(dev),
+            "precision": precision, "data": data_files, "compile": compile, "warmup": warmup}
     # Interleaved rounds, median per-step throughput: a slow moment of a shared machine hits every
     # implementation alike instead of whichever happened to run then.
     for round_index in range(rounds):
         for kind in kinds:
             progress(f"bench: training {kind} (round {round_index + 1}/{rounds}): {IMPLEMENTATIONS[kind]}")
-            spec = {"kind": kind, "preset": preset, "batch_size": batch, "grad_accum": grad_accum, "steps": steps,
-                    "device": str(dev), "precision": precision, "data": data_files, "compile": compile, "warmup": warmup}
-            row = _in_subprocess(spec)
+            row = _in_subprocess({**spec, "kind": kind})
             pooled = result["training"].setdefault(kind, {**row, "step_tokens_per_s": []})
             pooled["step_tokens_per_s"] += row["step_tokens_per_s"]
             pooled["peak_memory_mb"] = max(pooled["peak_memory_mb"], row["peak_memory_mb"])
@@ -235,6 +297,10 @@ def run_bench(preset="paper", batch_size=None, grad_accum=2, steps=3, warmup=2, 
     result["matmul_peak_tflops"] = peak / 1e12
     for row in result["training"].values():
         row["mfu"] = row["tokens_per_s"] * flops_per_token / peak
+    result["evaluation"] = measure_evaluation(spec, rounds, progress)
+    for row in result["evaluation"].values():
+        row["vs_training"] = row["tokens_per_s"] / ours
+        row["memory_vs_training"] = row["peak_memory_mb"] / result["training"]["ours"]["peak_memory_mb"]
     progress(f"bench: generating {gen_tokens} tokens with and without the KV cache ({rounds} interleaved rounds)")
     timings = {True: [], False: []}
     for _ in range(rounds):
@@ -264,6 +330,10 @@ def format_table(r: dict) -> str:
         speedup = f"{row['ours_speedup']:.2f}x" if "ours_speedup" in row else "-"
         lines.append(f"{kind:<10} {row['tokens_per_s']:>13,.1f} {row['mfu']:>7.1%} {row['peak_memory_mb']:>9,.0f} "
                      f"{row['padding_fraction']:>8.1%} {speedup:>9}")
+    lines += ["", f"{'evaluation':<17} {'tok/s':>10} {'vs training':>12} {'peak MB':>9} {'vs training':>12}"]
+    for kind, row in r["evaluation"].items():
+        lines.append(f"{kind:<17} {row['tokens_per_s']:>10,.1f} {row['vs_training']:>11.2f}x "
+                     f"{row['peak_memory_mb']:>9,.0f} {row['memory_vs_training']:>11.2f}x")
     g, d = r["generation"], r["data_preparation"]
     lines += [
         "",
@@ -275,5 +345,7 @@ def format_table(r: dict) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # a worker: one training measurement, JSON on the last line of stdout
-    print(json.dumps(train_worker(json.loads(sys.argv[1]))))
+if __name__ == "__main__":  # a worker: one measurement, JSON on the last line of stdout
+    worker_spec = json.loads(sys.argv[1])
+    worker = eval_worker if worker_spec["kind"] in EVALUATIONS else train_worker
+    print(json.dumps(worker(worker_spec)))

@@ -153,6 +153,29 @@ def test_fused_head_gradients_equal_the_plain_cross_entropy(chunk_rows):
         torch.testing.assert_close(fused_grads[name], p.grad, atol=1e-6, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("measure_columns", [1000, 8192, 60000])
+def test_measured_rows_equal_the_full_logits(measure_columns):
+    """The chunked evaluation head gives what the (B x T x vocab) logits give, row by row."""
+    torch.manual_seed(0)
+    model = GPT(get_preset("tiny")).eval()
+    model.head.measure_columns = measure_columns
+    idx, targets = torch.randint(0, 50257, (4, 16)), torch.randint(0, 50257, (4, 16))
+    with torch.no_grad():
+        logits, _ = model(idx)
+    targets[3, 5:] = IGNORE_INDEX  # a padded row
+    targets[0, :9] = logits[0, :9].argmax(-1)  # tokens the model predicts: accuracy is not just 0
+    targets[1, :3] = torch.tensor([0, 50256, 8191])  # the vocabulary's ends and a slice boundary
+    with torch.no_grad():
+        _, rows = model(idx, targets, measure=True)
+    mask = targets != IGNORE_INDEX
+    token_loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    correct = (logits.argmax(dim=-1) == targets) & mask
+    expected = torch.stack([token_loss.sum(1), correct.sum(1).float(), mask.sum(1).float()], dim=1).double()
+    assert rows.shape == (4, 3) and rows.dtype == torch.float64
+    torch.testing.assert_close(rows, expected, rtol=1e-5, atol=1e-4)
+    assert rows[3, 2] == 5 and rows[0, 1] >= 9 and rows[:, 1].sum() == correct.sum()
+
+
 def test_attention_dropout_is_separate_and_off_by_default():
     assert get_preset("paper").attention_dropout == 0.0 and get_preset("paper").dropout == 0.1
     model = GPT(get_preset("tiny").replace(attention_dropout=0.2))

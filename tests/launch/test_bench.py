@@ -37,6 +37,10 @@ def test_bench_command_returns_well_formed_figures(tmp_path):
     for kind in ("paper", "hf_gpt2"):
         row = figures["training"][kind]
         assert math.isclose(row["ours_speedup"], figures["training"]["ours"]["tokens_per_s"] / row["tokens_per_s"])
+    assert "evaluation" in result.stdout and set(figures["evaluation"]) == {"eval", "eval_full_logits"}
+    for row in figures["evaluation"].values():
+        assert row["tokens_per_s"] > 0 and row["peak_memory_mb"] > 0
+        assert math.isclose(row["vs_training"], row["tokens_per_s"] / figures["training"]["ours"]["tokens_per_s"])
     gen = figures["generation"]
     assert gen["cached_tokens_per_s"] > 0 and math.isclose(gen["cache_speedup"], gen["cached_tokens_per_s"] / gen["uncached_tokens_per_s"])
     assert figures["data_preparation"]["tokens"] > 0 and figures["data_preparation"]["tokens_per_s"] > 0
