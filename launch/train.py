@@ -14,6 +14,7 @@ update under several processes, and not at all for a skipped fp16 step.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -90,7 +91,8 @@ class EarlyStopping:
 
 class LossWindow:
     """Training losses and tokens since the last log. Losses stay on the device until read, so no
-    micro-batch waits for the host."""
+    micro-batch waits for the host. Time spent `paused()` (validation, checkpoints) is left out of
+    tokens/s, which measures training alone."""
 
     def __init__(self, device: torch.device, tokens: int):
         self.total, self.count = torch.zeros((), device=device), 0
@@ -107,6 +109,14 @@ class LossWindow:
         self.total.zero_()
         self.count, self.start, self.start_tokens = 0, time.perf_counter(), tokens
         return mean, tokens_per_s
+
+    @contextlib.contextmanager
+    def paused(self):
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.start += time.perf_counter() - began
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
@@ -355,12 +365,15 @@ def after_step(run: Run, stop_signal: StopSignal) -> str | None:
     last_step = state.step >= run.total_steps or state.epoch >= cfg.epochs
     finished = "completed" if last_step else None
     if epoch_end or last_step or (cfg.eval_every and state.step % cfg.eval_every == 0):
-        if validate(run, epoch, epoch_end):
+        with run.window.paused():
+            stop_early = validate(run, epoch, epoch_end)
+        if stop_early:
             finished = f"early stopping: no validation improvement in {cfg.patience} evaluations"
     paused = pause_reason(run, stop_signal)
     state.finished = None if paused else finished  # a signal at the last step: resume finishes the run
     if finished or paused or epoch_end or (cfg.save_every and state.step % cfg.save_every == 0):
-        save(run, paused or finished or ("end of epoch" if epoch_end else "every --save-every steps"))
+        with run.window.paused():
+            save(run, paused or finished or ("end of epoch" if epoch_end else "every --save-every steps"))
     if stop_signal.signum is not None:
         raise TrainingInterrupted(f"{stop_signal.name} received: saved step {state.step}; continue with "
                                   f"--resume auto --output-dir {run.run_dir}", 128 + stop_signal.signum)

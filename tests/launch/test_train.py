@@ -3,6 +3,7 @@ exact resume with dropout on, a run that remembers its settings, early stopping,
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -63,6 +64,16 @@ def test_loss_window_means_over_micro_batches_and_restarts(accelerator):
     window.add(torch.tensor(1.0))
     assert window.read(accelerator, tokens=500)[0] == pytest.approx(1.0)
 
+
+
+def test_loss_window_leaves_paused_time_out_of_tokens_per_s(accelerator):
+    window = LossWindow(torch.device("cpu"), tokens=0)
+    time.sleep(0.05)
+    with window.paused():  # an evaluation or a checkpoint: not training time
+        time.sleep(0.5)
+    window.add(torch.tensor(1.0))
+    _, tokens_per_s = window.read(accelerator, tokens=1000)
+    assert tokens_per_s > 1000 / 0.4  # the 0.5 s pause would have made it under 1000 / 0.55
 
 # ---- the loop, run for real ---------------------------------------------------------------------
 @pytest.mark.slow
