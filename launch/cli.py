@@ -1,4 +1,4 @@
-"""`gpt-launch`: train, generate, evaluate, info, report and bench from one command.
+"""`gpt-launch`: train, generate, evaluate, info, report, share, export and bench from one command.
 
 User mistakes print one line (`error: ...`) and exit 2; bugs keep their traceback.
 """
@@ -292,6 +292,39 @@ def report(run_dir, fmt, output):
     out = Path(output) if output else Path(run_dir) / f"report.{fmt}"
     out.write_text(text)
     click.echo(f"report: {out}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--entity", default=None, help="W&B entity (user or team) to publish under [default: the run's, else yours].")
+@user_errors_exit
+def share(run_dir, entity):
+    """Publish RUN_DIR as a W&B Report: summary, loss/perplexity/accuracy/lr/throughput plots of the keys the run
+    logged, the samples table, the curves image, hardware and config. Offline, it saves the report's
+    specification as RUN_DIR/wandb_report.json and says what to run (`wandb sync ...`, then share again)."""
+    from .share import share as publish
+
+    url = publish(Path(run_dir), entity, log=click.echo)
+    click.echo(f"share: {url}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--license", "license_", default="mit", show_default=True,
+              help="Licence of the weights for the model card (the data's CDLA-Sharing-1.0 is stated either way).")
+@click.option("--push", "repo", default=None, help="Also upload OUT to this Hugging Face Hub repo (user/name).")
+@click.option("--private", is_flag=True, help="With --push: create the repo private.")
+@user_errors_exit
+def export(run_dir, out, license_, repo, private):
+    """Write RUN_DIR's best weights to OUT as a model folder: model.safetensors, config.json, the tokenizer's
+    name and a Hugging Face model card (README.md) with the run's test metrics and samples."""
+    from .export import export_model, push_to_hub
+
+    folder = export_model(Path(run_dir), Path(out), license_)
+    click.echo(f"export: {folder} (load it with gpt_core.load_pretrained)")
+    if repo:
+        click.echo(f"export: uploaded to {push_to_hub(folder, repo, private)}")
 
 
 @cli.command(context_settings={"show_default": True})

@@ -49,7 +49,7 @@ def plot_curves(records: list[dict], path: Path) -> Path:
     return Path(path)
 
 
-def _load_run(run_dir: Path) -> dict:
+def load_summary(run_dir: Path) -> dict:
     summary_path = Path(run_dir) / "summary.json"
     if not summary_path.exists():
         raise UserError(f"{run_dir} has no summary.json; point at a finished run folder (its --output-dir)")
@@ -60,32 +60,41 @@ def _fmt(value, digits=4):
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def render_report(run_dir: Path, fmt: str = "md") -> str:
-    """The report's text. Markdown links the curves PNG beside it; HTML embeds it (one file to share)."""
-    run_dir = Path(run_dir)
-    s = _load_run(run_dir)
-    curves = run_dir / "curves.png"
-    if not curves.exists():
-        plot_curves(read_metrics(run_dir), curves)
-    best, test = s.get("best_validation") or {}, s.get("test") or {}
-    rows = [
+def summary_rows(s: dict) -> list[tuple[str, str]]:
+    """The run at a glance, as (label, value) rows: the report, the W&B report and the model card share them."""
+    best, test, hardware = s.get("best_validation") or {}, s.get("test") or {}, s["hardware"]
+    precision = "no (fp32)" if hardware["mixed_precision"] == "no" else hardware["mixed_precision"]
+    return [
         ("parameters", f"{s['model']['parameters']:,}"),
         ("stop reason", s["stop_reason"]),
-        ("optimizer steps", s["steps"]),
+        ("optimizer steps", str(s["steps"])),
         ("tokens trained", f"{s['tokens']:,}"),
         ("best validation loss / perplexity / accuracy",
          f"{_fmt(best.get('loss'))} / {_fmt(best.get('perplexity'), 2)} / {_fmt(best.get('accuracy'))}"),
         ("test loss / perplexity / accuracy",
          f"{_fmt(test.get('loss'))} / {_fmt(test.get('perplexity'), 2)} / {_fmt(test.get('accuracy'))}"),
         ("throughput (tokens/s)", f"{s['throughput_tokens_per_s']:,.0f}"),
-        ("hardware", f"{s['hardware']['device']}, {s['hardware']['processes']} process(es), mixed precision "
-                     f"{'no (fp32)' if s['hardware']['mixed_precision'] == 'no' else s['hardware']['mixed_precision']}"),
+        ("hardware", f"{hardware['device']}, {hardware['processes']} process(es), mixed precision {precision}"),
         ("wall time", f"{s['elapsed_seconds'] / 60:.1f} min"),
     ]
+
+
+def markdown_table(rows: list[tuple[str, str]]) -> list[str]:
+    return ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]
+
+
+def render_report(run_dir: Path, fmt: str = "md") -> str:
+    """The report's text. Markdown links the curves PNG beside it; HTML embeds it (one file to share)."""
+    run_dir = Path(run_dir)
+    s = load_summary(run_dir)
+    curves = run_dir / "curves.png"
+    if not curves.exists():
+        plot_curves(read_metrics(run_dir), curves)
+    rows = summary_rows(s)
     title = f"Run report: {run_dir.name}"
     config_json = json.dumps(s["config"], indent=2)
     if fmt == "md":
-        lines = [f"# {title}", "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "",
+        lines = [f"# {title}", "", *markdown_table(rows), "",
                  "## Training curves", "", f"![training curves]({curves.name})", "", "## Sample stories", ""]
         for sample in s.get("samples", []):
             lines += [f"**{sample['prompt']}**{sample['text']}", ""]

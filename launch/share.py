@@ -1,0 +1,248 @@
+"""`gpt-launch share RUN`: a W&B Report built from a finished run, with W&B's own Reports API.
+
+    the run's W&B files (run/offline-run-*/*.wandb)  ->  the keys it really logged
+    summary.json + those keys                        ->  a report specification (plain JSON, saved
+                                                         beside the run as wandb_report.json)
+    specification + entity                           ->  wandb_workspaces Report -> save() -> URL
+
+The specification is written first, always, so that an offline machine loses nothing: it says
+which panels the report will hold, and `gpt-launch share RUN` publishes it once the run is synced.
+Every check that needs the network has a short timeout; the API key is never printed or stored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from .errors import UserError
+from .report import load_summary, markdown_table, summary_rows
+
+SPEC_NAME = "wandb_report.json"
+# The line plots, each drawn from the keys of these names that the run actually logged.
+PLOTS = {
+    "loss": ("train/loss", "eval/loss"),
+    "perplexity": ("train/perplexity", "eval/perplexity"),
+    "token accuracy": ("eval/accuracy",),
+    "learning rate": ("train/lr",),
+    "tokens/s": ("train/tokens_per_s",),
+}
+NETWORK_TIMEOUT_S = 10
+
+
+@dataclass
+class WandbRun:
+    """One W&B run (one training session) as recorded on this disk."""
+
+    run_id: str
+    project: str
+    entity: str
+    folder: Path
+    logged: dict[str, str] = field(default_factory=dict)  # history key -> "number" or its media type
+
+
+def wandb_records(path: Path):
+    """The records of a `.wandb` file: W&B's transaction log, in LevelDB's log format (32 KiB
+    blocks of checksummed fragments, after a 7-byte header), each a serialized `Record` proto."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(path).read_bytes()
+    if data[:4] != b":W&B":
+        raise UserError(f"{path} is not a W&B run file; point at a run folder trained with --tracker wandb")
+    block, position, pieces = 32768, 7, []
+    while position + 7 <= len(data):
+        left = block - position % block
+        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
+        if left < 7 or (kind == 0 and length == 0):  # block trailer or padding
+            position += left
+            continue
+        pieces.append(data[position + 7:position + 7 + length])
+        position += 7 + length
+        if kind in (1, 4):  # a whole record, or the last fragment of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(b"".join(pieces))
+            pieces = []
+            yield record
+
+
+def read_wandb_run(folder: Path) -> WandbRun:
+    files = sorted(folder.glob("*.wandb"))
+    if not files:
+        raise UserError(f"{folder} holds no .wandb file; the W&B run was not written (was it killed at start?)")
+    run = None
+    logged: dict[str, str] = {}
+    for record in wandb_records(files[0]):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run = record.run
+        elif kind == "history":
+            for item in record.history.item:
+                # A number is logged under one key ("train/loss"); media as the fields of one
+                # (["curves", "_type"] -> "image-file", ["samples", "_type"] -> "table-file", ...).
+                parts = list(item.nested_key) or [item.key]
+                if len(parts) == 1:
+                    logged.setdefault(parts[0], "number")
+                elif parts[1] == "_type":
+                    logged[parts[0]] = json.loads(item.value_json)
+    if run is None:
+        raise UserError(f"{files[0]} has no run record; the W&B run file is incomplete")
+    return WandbRun(run.run_id, run.project, run.entity, folder, logged)
+
+
+def wandb_runs(run_dir: Path) -> list[WandbRun]:
+    """Every W&B session of the run folder (a resumed run has one per session), oldest first."""
+    folders = [p for p in (Path(run_dir) / "wandb").glob("*run-*") if p.is_dir() and not p.is_symlink()]
+    folders.sort(key=lambda p: p.name.split("run-", 1)[1])  # offline-run-DATE-ID and run-DATE-ID: by date
+    if not folders:
+        raise UserError(f"{run_dir} has no W&B run; train with --tracker wandb (WANDB_MODE=offline works) to share it")
+    return [read_wandb_run(folder) for folder in folders]
+
+
+def report_spec(run_dir: Path, entity: str | None = None) -> dict:
+    """What the report holds, as plain JSON: panels refer only to keys the run logged."""
+    run_dir = Path(run_dir)
+    summary, runs = load_summary(run_dir), wandb_runs(run_dir)
+    logged = {key: kind for run in runs for key, kind in run.logged.items()}
+    test = summary.get("test") or {}
+    name = summary["config"].get("run_name") or run_dir.name
+    plots = [{"kind": "line", "title": title, "y": [k for k in keys if logged.get(k) == "number"]}
+             for title, keys in PLOTS.items()]
+    panels = [p for p in plots if p["y"]]
+    panels += [{"kind": "media", "title": "training curves", "keys": [k]} for k, t in logged.items() if t.startswith("image")]
+    panels += [{"kind": "table", "title": "sample stories", "key": k} for k, t in logged.items() if t == "table-file"]
+    samples = "\n\n".join(f"**{s['prompt']}**{s['text']}" for s in summary.get("samples", []))
+    hardware = summary["hardware"]
+    return {
+        "entity": entity or next((r.entity for r in runs if r.entity), None),
+        "project": runs[-1].project,
+        "run_ids": [r.run_id for r in runs],
+        "run_folders": [str(r.folder) for r in runs],
+        "title": f"{name}: a {summary['model']['parameters'] / 1e6:.1f}M-parameter GPT on TinyStories",
+        "description": (f"Test perplexity {test.get('perplexity', float('nan')):.2f} and token accuracy "
+                        f"{test.get('accuracy', float('nan')):.4f} after {summary['steps']} optimizer steps "
+                        f"({summary['stop_reason']})."),
+        "blocks": [
+            {"kind": "markdown", "text": "\n".join(markdown_table(summary_rows(summary)))},
+            {"kind": "heading", "text": "Training"},
+            {"kind": "panels", "panels": panels},
+            {"kind": "heading", "text": "Sample stories (best weights)"},
+            {"kind": "markdown", "text": samples or "(no samples)"},
+            {"kind": "heading", "text": "Hardware"},
+            {"kind": "markdown", "text": "\n".join(markdown_table([(k, str(v)) for k, v in hardware.items()]))},
+            {"kind": "heading", "text": "Config"},
+            {"kind": "code", "language": "json", "text": json.dumps(summary["config"], indent=2)},
+        ],
+    }
+
+
+def build_report(spec: dict, entity: str):
+    """The specification as W&B's own Report object (building it needs no network; saving does)."""
+    import wandb_workspaces.reports.v2 as wr
+
+    ids = ", ".join(repr(i) for i in spec["run_ids"])
+    runset = wr.Runset(entity=entity, project=spec["project"], name="this run", filters=f"Metric('ID') in [{ids}]")
+
+    def panel(p):
+        if p["kind"] == "line":
+            return wr.LinePlot(title=p["title"], x="Step", y=p["y"])
+        if p["kind"] == "media":
+            return wr.MediaBrowser(title=p["title"], media_keys=p["keys"], num_columns=1)
+        return wr.WeavePanelSummaryTable(table_name=p["key"], layout=wr.Layout(w=24, h=12))
+
+    def block(b):
+        if b["kind"] == "heading":
+            return wr.H2(text=b["text"])
+        if b["kind"] == "markdown":
+            return wr.MarkdownBlock(text=b["text"])
+        if b["kind"] == "code":
+            return wr.CodeBlock(code=b["text"], language=b["language"])
+        return wr.PanelGrid(runsets=[runset], panels=[panel(p) for p in b["panels"]])
+
+    return wr.Report(project=spec["project"], entity=entity, title=spec["title"][:128],
+                     description=spec["description"], blocks=[block(b) for b in spec["blocks"]])
+
+
+def write_spec(run_dir: Path, spec: dict) -> Path:
+    path = Path(run_dir) / SPEC_NAME
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(spec, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def offline_reason() -> str | None:
+    """Why the report cannot be published from here now, or None; never waits long on the network."""
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if mode in ("offline", "dryrun", "disabled"):
+        return f"WANDB_MODE={mode}"
+    import wandb
+
+    base = urlparse(os.environ.get("WANDB_BASE_URL") or wandb.Settings().base_url)
+    try:  # before wandb.Api(), whose login check waits for its own timeout
+        socket.create_connection((base.hostname, base.port or (443 if base.scheme == "https" else 80)),
+                                 timeout=NETWORK_TIMEOUT_S).close()
+    except OSError as e:
+        return f"cannot reach {base.scheme}://{base.netloc} ({e.strerror or type(e).__name__})"
+    return None
+
+
+def connect():
+    """wandb.Api(), logged in, or a UserError naming the fix."""
+    import wandb
+
+    try:
+        return wandb.Api(timeout=NETWORK_TIMEOUT_S)
+    except wandb.errors.UsageError:
+        raise UserError("not logged in to W&B: run `wandb login` (or set WANDB_API_KEY), then share again") from None
+    except wandb.errors.Error as e:
+        raise UserError(f"W&B did not accept the login ({str(e).splitlines()[0][:160]}); check `wandb login`") from None
+
+
+def share(run_dir: Path, entity: str | None = None, log=print) -> str:
+    """Publish the run's report and return its URL; offline, raise a UserError saying what to run."""
+    run_dir = Path(run_dir)
+    spec = report_spec(run_dir, entity)
+    spec_path = write_spec(run_dir, spec)
+    sync = "wandb sync " + " ".join(spec["run_folders"])
+    reason = offline_reason()
+    if reason:
+        raise UserError(f"{reason}: the report's specification is saved in {spec_path}; run `{sync}`, "
+                        f"then `gpt-launch share {run_dir}` again")
+    import wandb
+
+    api = connect()
+    try:
+        entity = spec["entity"] or api.default_entity
+        missing = [i for i in spec["run_ids"] if not _on_server(api, f"{entity}/{spec['project']}/{i}")]
+    except wandb.errors.Error as e:
+        raise UserError(f"W&B refused the request ({str(e).splitlines()[0][:200]}); the report's specification is "
+                        f"saved in {spec_path}") from None
+    if missing:
+        raise UserError(f"run {', '.join(missing)} is not on W&B yet (logged offline): run `{sync}`, "
+                        f"then `gpt-launch share {run_dir}` again")
+    spec["entity"] = entity
+    write_spec(run_dir, spec)
+    try:
+        report = build_report(spec, entity).save()
+    except (wandb.errors.Error, OSError) as e:
+        raise UserError(f"W&B did not save the report ({str(e).splitlines()[0][:200]}); the specification is in "
+                        f"{spec_path}: share again") from None
+    log(f"share: report saved; specification in {spec_path}")
+    return report.url
+
+
+def _on_server(api, path: str) -> bool:
+    import wandb
+
+    try:
+        api.run(path)
+        return True
+    except wandb.errors.CommError as e:
+        if "404" in str(e) or "not found" in str(e).lower() or "Could not find run" in str(e):
+            return False
+        raise
