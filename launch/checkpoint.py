@@ -217,7 +217,9 @@ def load_training_state(accelerator, model, path: Path) -> None:
         if "torch_manual_seed" not in load(rng_file):
             raise ValueError("no torch RNG state in it")
         if accelerator.distributed_type != DistributedType.DEEPSPEED:
-            weights = load_file(str(path / WEIGHTS_NAME), device=str(accelerator.device))
+            # safetensors knows "cpu" but not "cpu:0", the device of each rank in a multi-process CPU run.
+            device = "cpu" if accelerator.device.type == "cpu" else str(accelerator.device)
+            weights = load_file(str(path / WEIGHTS_NAME), device=device)
             weights["head.weight"] = weights["embed.weight"]  # tied: stored once
             accelerator.unwrap_model(model).load_state_dict(weights)
         accelerator.load_state(str(path / "state"))

@@ -174,6 +174,10 @@ class TrainConfig:
     mixed_precision: Literal["no", "fp16", "bf16"] | None = setting(
         None, "Override the Accelerate config's precision [default: as launched; fp32 on CPU].")
     compile: bool = setting(False, "torch.compile the model (faster on GPU after a warm-up).", on_resume="free")
+    collective_timeout: float = setting(
+        1800, "Seconds a process waits for the others in one collective (gradient all-reduce, barrier, the first "
+        "data build) before it gives up with an error naming its rank; a hung peer then ends the run instead of "
+        "hanging it.", on_resume="free", above=0)
     sample_tokens: int = setting(300, "Length of the sample stories at the end.", on_resume="free", at_least=0)
     prompts: tuple[str, ...] = setting(PAPER_PROMPTS, "Prompts for the sample stories at the end (repeat the flag "
                                        "for several).", flag="--prompt", on_resume="free")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import signal
+import sys
+from datetime import timedelta
 
 import torch
 
@@ -29,6 +32,7 @@ class StopSignal:
 
     def __enter__(self) -> StopSignal:
         self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        follow_launcher()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -43,6 +47,22 @@ class StopSignal:
     @property
     def name(self) -> str:
         return signal.Signals(self.signum).name
+
+
+def follow_launcher() -> None:
+    """Under `accelerate launch`, have Linux send us SIGTERM if the launcher dies.
+
+    A single-process `accelerate launch` does not forward SIGTERM: killed, it leaves the training
+    process running as an orphan that nobody will stop. With PR_SET_PDEATHSIG the launcher's death
+    becomes our SIGTERM, so the run checkpoints and exits as if it had been sent to us. Only under
+    the launcher: a process started from a shell (nohup included) must outlive that shell.
+    """
+    if sys.platform != "linux" or "ACCELERATE_DYNAMO_BACKEND" not in os.environ:  # set by `accelerate launch`
+        return
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the launcher died before we asked
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def any_process(accelerator, flag: bool) -> bool:
@@ -77,15 +97,51 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
-def make_accelerator(**kwargs):
+def check_elastic_launch() -> None:
+    """torchrun's restarts (`--max_restarts`) reuse the rendezvous store, and with it the previous
+    attempt's addresses: the restarted group then fails to connect (gloo) or hangs. Found here with
+    torch 2.13; pytorch/pytorch#135712 names the cause and the switch that avoids it."""
+    if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0 and \
+            os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE") != "1":
+        raise UserError("--max_restarts needs TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in the launcher's environment, or "
+                        "the restarted processes cannot reconnect: `export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`, "
+                        "then launch again")
+
+
+COLLECTIVE_FAILURES = {  # what gloo/NCCL say -> what happened, for a one-line message
+    "timed out": "a collective operation timed out: another process stopped responding",
+    "timeout": "a collective operation timed out: another process stopped responding",
+    "connection closed by peer": "lost the connection to another process (it probably crashed: see its log)",
+    "connection reset by peer": "lost the connection to another process (it probably crashed: see its log)",
+}
+
+
+def collective_failure(error: BaseException, timeout_s: float) -> UserError | None:
+    """A one-line UserError naming this rank for a failed collective, or None for any other error."""
+    text = str(error).lower()
+    for needle, what in COLLECTIVE_FAILURES.items():
+        if needle in text:
+            rank = os.environ.get("RANK", "0")
+            waited = f" (--collective-timeout {timeout_s:g} s)" if "timed out" in what else ""
+            return UserError(f"{what}{waited}; this process (rank {rank}) stops. Continue from the last checkpoint "
+                             "with --resume auto (or launch with --max_restarts to do it automatically)")
+    return None
+
+
+def make_accelerator(collective_timeout_s: float = 1800, **kwargs):
     """An Accelerator that sees every process, also on a machine without a GPU.
 
     Under `accelerate launch --multi_gpu` (torchrun) on a CPU-only machine, Accelerate takes the run
     for multi-process only when told the device is the CPU, and DeepSpeed only when given the gloo
     backend explicitly; otherwise each rank silently trains alone as "process 0 of 1".
+    Every collective waits at most `collective_timeout_s`, so a hung peer ends the run with an error.
     """
     from accelerate import Accelerator, PartialState
+    from accelerate.utils import InitProcessGroupKwargs
 
+    check_elastic_launch()
+    timeout = timedelta(seconds=collective_timeout_s)
+    kwargs["kwargs_handlers"] = [*kwargs.get("kwargs_handlers", []), InitProcessGroupKwargs(timeout=timeout)]
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if not has_accelerator_device():
         # DeepSpeed, imported by Accelerate's checkpoint code even in runs that do not use it, would
@@ -93,7 +149,7 @@ def make_accelerator(**kwargs):
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if not has_accelerator_device() and launched > 1:
         if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-            PartialState(backend="gloo")
+            PartialState(backend="gloo", timeout=timeout)
         else:
             kwargs["cpu"] = True
     accelerator = Accelerator(**kwargs)

@@ -30,7 +30,9 @@ from .config import TrainConfig, resume_changes, saved_run_config
 from .data import PreparedData, make_dataloader, make_dataset, prepare_data
 from .errors import UserError
 from .evaluate import evaluate
-from .runtime import StopSignal, TrainingInterrupted, any_process, default_batch_size, make_accelerator
+from .runtime import (
+    StopSignal, TrainingInterrupted, any_process, collective_failure, default_batch_size, make_accelerator,
+)
 from .tracking import RunLog
 
 
@@ -193,7 +195,7 @@ def build_run(cfg: TrainConfig, resume_from: Path | None) -> Run:
 
     check_run_dir(Path(cfg.output_dir))
     accelerator = make_accelerator(
-        gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
+        cfg.collective_timeout, gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
         log_with=None if cfg.tracker == "none" else cfg.tracker, project_dir=cfg.output_dir,
         dataloader_config=DataLoaderConfiguration(even_batches=True),
     )
@@ -297,18 +299,31 @@ def train(cfg: TrainConfig) -> dict:
         check_resume(cfg, resume_from)
     from tqdm.auto import tqdm
 
-    run = build_run(cfg, resume_from)
-    run.window = LossWindow(run.accelerator.device, run.state.tokens)
-    reason = None
-    run.progress = tqdm(total=run.total_steps, initial=run.state.step, desc="train", unit="step", dynamic_ncols=True,
-                        disable=not run.accelerator.is_local_main_process)
-    with StopSignal() as stop_signal, run.progress:
-        run.model.train()
-        while reason is None and run.state.epoch < cfg.epochs:
-            for x, y in epoch_batches(run):
-                if micro_step(run, x, y) and (reason := after_step(run, stop_signal)):
-                    break
-    return finish_run(run, reason or "completed")
+    with collective_errors(cfg):
+        run = build_run(cfg, resume_from)
+        run.window = LossWindow(run.accelerator.device, run.state.tokens)
+        reason = None
+        run.progress = tqdm(total=run.total_steps, initial=run.state.step, desc="train", unit="step",
+                            dynamic_ncols=True, disable=not run.accelerator.is_local_main_process)
+        with StopSignal() as stop_signal, run.progress:
+            run.model.train()
+            while reason is None and run.state.epoch < cfg.epochs:
+                for x, y in epoch_batches(run):
+                    if micro_step(run, x, y) and (reason := after_step(run, stop_signal)):
+                        break
+        return finish_run(run, reason or "completed")
+
+
+@contextlib.contextmanager
+def collective_errors(cfg: TrainConfig):
+    """A collective that timed out or lost its peer becomes one line naming this rank, not a traceback."""
+    try:
+        yield
+    except RuntimeError as e:
+        failure = collective_failure(e, cfg.collective_timeout)
+        if failure is None:
+            raise
+        raise failure from None
 
 
 def epoch_batches(run: Run):

@@ -1,12 +1,17 @@
-"""Several real processes through `accelerate launch` on the CPU: DDP over gloo and DeepSpeed ZeRO-2."""
+"""Several real processes through `accelerate launch` on the CPU: DDP over gloo, DeepSpeed ZeRO-2/3, two
+"machines" on loopback, torchrun's restarts after a killed rank, a hung rank, and signals through the launcher."""
 
 import json
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from launch.data import SMOKE_DATA
-from tests.helpers import run_cli
+from tests.helpers import child_env, losses, records, run_cli, tiny_run_options
 
 pytestmark = pytest.mark.slow
 
@@ -71,3 +76,129 @@ def test_deepspeed_zero3_shards_parameters_and_resumes(tmp_path):
     # the full weights were gathered from the shards: gpt_core loads them on its own
     model = load_pretrained(out / "checkpoints" / "best")
     assert model.num_params() == get_preset("tiny").num_params()
+
+
+# ---- past one machine, on one host -------------------------------------------------------------------
+def two_process_run(out: Path, *launcher_flags, extra=()) -> list[str]:
+    """`accelerate launch` of a tiny two-process CPU run with the given launcher flags."""
+    return ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--mixed_precision", "no", *launcher_flags,
+            "-m", "launch.cli", "train", *tiny_run_options(out, "--max-steps", "6", "--log-every", "1", *extra)]
+
+
+def run_records(run_dir: Path) -> list[tuple]:
+    return [(r["kind"], r["step"], r["loss"]) for kind in ("train", "eval", "test") for r in records(run_dir, kind)]
+
+
+def worker(launcher: subprocess.Popen, rank: int):
+    """The training process of `rank` under a launcher (found by its RANK), as a psutil.Process."""
+    import psutil
+
+    for child in psutil.Process(launcher.pid).children(recursive=True):
+        try:
+            if child.environ().get("RANK", "0") == str(rank) and "launch.cli" in " ".join(child.cmdline()):
+                return child
+        except psutil.NoSuchProcess:
+            continue
+    raise AssertionError(f"no rank {rank} under the launcher")
+
+
+def start(args: list[str], log: Path, env=None) -> subprocess.Popen:
+    """A launcher in the background, its output to a file (a pipe nobody reads would fill and block it)."""
+    return subprocess.Popen(args, env=child_env(env), stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
+
+
+def finish(launcher: subprocess.Popen, log: Path, timeout: float = 300) -> str:
+    try:
+        launcher.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        launcher.kill()
+        raise AssertionError(f"the launcher did not end in {timeout} s:\n{log.read_text()[-4000:]}") from None
+    return log.read_text()
+
+
+def wait_for(path: Path, launcher: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert launcher.poll() is None, f"the run ended before {path.name} appeared"
+        assert time.time() < deadline, f"{path} did not appear"
+        time.sleep(0.02)
+
+
+def test_two_machines_on_loopback_train_as_one_two_process_host(tmp_path):
+    """Machine 0 and machine 1 (one process each) over 127.0.0.1 = the same run on one 2-process host."""
+    single = tmp_path / "single" / "run"
+    run_cli(two_process_run(single))
+    multi = tmp_path / "multi" / "run"
+    logs = [tmp_path / f"machine{rank}.log" for rank in (0, 1)]
+    nodes = [start(two_process_run(multi, "--num_machines", "2", "--machine_rank", str(rank),
+                                   "--main_process_ip", "127.0.0.1", "--main_process_port", "29581"), logs[rank])
+             for rank in (0, 1)]
+    outputs = [finish(node, log) for node, log in zip(nodes, logs, strict=True)]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert "train: 2 process(es)" in outputs[0]
+    assert json.loads((multi / "summary.json").read_text())["hardware"]["processes"] == 2
+    assert run_records(multi) == run_records(single)  # same seed, same data per rank: bit for bit
+    assert sorted(p.name for p in (multi / "checkpoints").iterdir()) == ["best", "step-0000006"]
+
+
+def test_a_killed_rank_restarts_the_group_from_the_last_checkpoint(tmp_path):
+    """torchrun's --max_restarts with --resume auto: SIGKILL one rank mid-run; the group restarts and
+    ends with exactly the losses of a run never interrupted."""
+    extra = ("--max-steps", "20", "--save-every", "4", "--resume", "auto", "--epochs", "8")
+    plain = tmp_path / "plain" / "run"
+    run_cli(two_process_run(plain, extra=extra))
+    out = tmp_path / "elastic" / "run"
+    log = tmp_path / "elastic.log"
+    launcher = start(two_process_run(out, "--max_restarts", "1", "--monitor_interval", "1", extra=extra), log,
+                     env={"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"})
+    wait_for(out / "checkpoints" / "step-0000008", launcher)
+    worker(launcher, 1).send_signal(signal.SIGKILL)
+    output = finish(launcher, log)
+    assert launcher.returncode == 0, output[-4000:]
+    assert output.count("resume: ") >= 3  # twice "starting from scratch", then each rank resumes
+    assert run_records(out) == run_records(plain)
+    assert losses(out) == losses(plain)
+
+
+def test_restarts_without_a_fresh_store_are_refused_in_one_line(tmp_path):
+    env = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": ""}
+    result = run_cli(two_process_run(tmp_path / "run", "--max_restarts", "1"), env=env, check=False, timeout=300)
+    assert result.returncode != 0 and "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_hung_rank_ends_the_run_after_the_collective_timeout(tmp_path):
+    out = tmp_path / "run"
+    log = tmp_path / "run.log"
+    launcher = start(two_process_run(out, extra=("--max-steps", "40", "--epochs", "8", "--save-every", "4",
+                                                 "--collective-timeout", "4")), log)
+    wait_for(out / "checkpoints" / "step-0000004", launcher)
+    hung = worker(launcher, 1)
+    hung.send_signal(signal.SIGSTOP)  # alive, holding its sockets, answering nothing
+    try:
+        output = finish(launcher, log, timeout=180)
+    finally:
+        if hung.is_running():
+            hung.kill()
+    assert launcher.returncode != 0
+    assert "[rank 0] error: a collective operation timed out: another process stopped responding " \
+           "(--collective-timeout 4 s); this process (rank 0) stops" in output
+
+
+def test_sigterm_to_a_single_process_launcher_checkpoints_instead_of_orphaning(tmp_path):
+    """`accelerate launch` (one process) dies on SIGTERM without forwarding it; the training process
+    follows it (PR_SET_PDEATHSIG), saves where it is, and the run resumes from there."""
+    out = tmp_path / "run"
+    args = ["accelerate", "launch", "--config_file", "launch/cpu.yaml", "-m", "launch.cli", "train",
+            *tiny_run_options(out, "--max-steps", "60", "--epochs", "20", "--log-every", "1", "--save-every", "4")]
+    launcher = start(args, tmp_path / "run.log")
+    wait_for(out / "checkpoints" / "step-0000004", launcher)
+    training = worker(launcher, 0)
+    launcher.send_signal(signal.SIGTERM)  # as a scheduler or `kill` would
+    finish(launcher, tmp_path / "run.log", timeout=60)
+    training.wait(timeout=60)  # it stops: no orphan keeps training
+    saved = sorted((out / "checkpoints").glob("step-*"))[-1]
+    state = json.loads((saved / "trainer_state.json").read_text())
+    assert 4 <= state["step"] < 60 and not state.get("finished")
+    resumed = run_cli(args + ["--resume", "auto"])
+    assert "resume: " in resumed.stdout and json.loads((out / "summary.json").read_text())["steps"] == 60
