@@ -60,7 +60,13 @@ def store_weights_once(accelerator) -> None:
     Our `model.safetensors` beside it already holds them (gathered, loadable by gpt_core alone), so
     the pre-save hook drops Accelerate's copy and the pre-load hook leaves loading to
     `load_training_state`. DeepSpeed's own engine files are untouched: they never pass through here.
+    Under FSDP the sharded model files in `state/` are what resumes (a full copy does not load into
+    sharded parameters), so both copies are kept.
     """
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return
     accelerator.register_save_state_pre_hook(lambda models, weights, output_dir: weights.clear())
     accelerator.register_load_state_pre_hook(lambda models, input_dir: models.clear())
 
@@ -207,7 +213,7 @@ def read_checkpoint(path: Path, config: GPTConfig) -> dict:
 
 def load_training_state(accelerator, model, path: Path) -> None:
     """Optimizer, scaler and RNG states through Accelerate; the weights from our own safetensors file
-    (DeepSpeed loads its engine files itself). Anything unreadable is a one-line CheckpointError."""
+    (DeepSpeed and FSDP load their own sharded files). Anything unreadable is a one-line CheckpointError."""
     from accelerate.utils import DistributedType
     from accelerate.utils.other import load
 
@@ -216,7 +222,7 @@ def load_training_state(accelerator, model, path: Path) -> None:
         # Accelerate skips an unreadable RNG file silently, and the resume would then not be exact.
         if "torch_manual_seed" not in load(rng_file):
             raise ValueError("no torch RNG state in it")
-        if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        if accelerator.distributed_type not in (DistributedType.DEEPSPEED, DistributedType.FSDP):
             # safetensors knows "cpu" but not "cpu:0", the device of each rank in a multi-process CPU run.
             device = "cpu" if accelerator.device.type == "cpu" else str(accelerator.device)
             weights = load_file(str(path / WEIGHTS_NAME), device=device)

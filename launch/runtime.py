@@ -137,7 +137,7 @@ def make_accelerator(collective_timeout_s: float = 1800, **kwargs):
     Every collective waits at most `collective_timeout_s`, so a hung peer ends the run with an error.
     """
     from accelerate import Accelerator, PartialState
-    from accelerate.utils import InitProcessGroupKwargs
+    from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
     check_elastic_launch()
     timeout = timedelta(seconds=collective_timeout_s)
@@ -148,14 +148,20 @@ def make_accelerator(collective_timeout_s: float = 1800, **kwargs):
         # otherwise warn "Setting accelerator to CPU" after failing to find a GPU: we know there is none.
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if not has_accelerator_device() and launched > 1:
+        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+            # Accelerate turns FSDP on only over a GPU-like process group; on CPUs every rank would
+            # silently train alone (distributed type NO). Checked with accelerate 1.15.
+            raise UserError("FSDP runs only on GPUs under Accelerate: on CPUs use DDP (launch/multi_gpu.yaml with "
+                            "--mixed_precision no) or DeepSpeed ZeRO-3 (launch/deepspeed_zero3.yaml), which also shards")
         if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
             PartialState(backend="gloo", timeout=timeout)
         else:
             kwargs["cpu"] = True
     accelerator = Accelerator(**kwargs)
-    if accelerator.num_processes != launched:
+    if accelerator.num_processes != launched or (launched > 1 and accelerator.distributed_type == DistributedType.NO):
         raise UserError(
-            f"the launcher started {launched} processes but Accelerate sees {accelerator.num_processes}; "
+            f"the launcher started {launched} processes but Accelerate runs {accelerator.num_processes} "
+            f"({accelerator.distributed_type.value}); "
             "launch with `accelerate launch --multi_gpu --num_processes N` (or one of launch/*.yaml)"
         )
     if accelerator.device.type == "cpu" and accelerator.mixed_precision == "fp16":

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from launch.data import SMOKE_DATA
-from tests.helpers import child_env, losses, records, run_cli, tiny_run_options
+from tests.helpers import PYTHON, child_env, losses, records, run_cli, tiny_run_options
 
 pytestmark = pytest.mark.slow
 
@@ -202,3 +202,22 @@ def test_sigterm_to_a_single_process_launcher_checkpoints_instead_of_orphaning(t
     assert 4 <= state["step"] < 60 and not state.get("finished")
     resumed = run_cli(args + ["--resume", "auto"])
     assert "resume: " in resumed.stdout and json.loads((out / "summary.json").read_text())["steps"] == 60
+
+
+def test_fsdp2_shards_the_tied_model_and_resumes_exactly_on_two_cpu_processes(tmp_path):
+    """FSDP2 itself (fully_shard over gloo); Accelerate's FSDP path needs GPUs, see fsdp2_probe.py."""
+    run_cli([PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2", "tests/launch/fsdp2_probe.py", tmp_path])
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for r in ranks:
+        assert r["tied"], "the head must stay the embedding's parameter under fully_shard"
+        assert r["grad_max_diff"] < 1e-6, "fused-head gradients under FSDP2 differ from the unsharded model's"
+        assert r["resumed"] == r["continued"], "the sharded checkpoint did not resume exactly"
+    assert sum(r["sharded_rows"] for r in ranks) == ranks[0]["rows"] and ranks[0]["sharded_rows"] < ranks[0]["rows"]
+    assert ranks[0]["best_matches"]
+
+
+def test_accelerate_fsdp_on_cpus_is_refused_instead_of_training_each_rank_alone(tmp_path):
+    result = run_cli(["accelerate", "launch", "--config_file", "launch/fsdp2.yaml", "--num_processes", "2",
+                      "--mixed_precision", "no", "-m", "launch.cli", "train", *tiny_run_options(tmp_path / "run")],
+                     check=False, timeout=300)
+    assert result.returncode != 0 and "error: FSDP runs only on GPUs under Accelerate" in result.stderr
