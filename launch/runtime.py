@@ -7,6 +7,7 @@ import os
 import platform
 import signal
 import sys
+import time
 from datetime import timedelta
 
 import torch
@@ -24,10 +25,18 @@ class TrainingInterrupted(Exception):
 
 class StopSignal:
     """SIGINT/SIGTERM set a flag; the loop checkpoints at the next optimizer step and exits.
-    A second signal stops at once (KeyboardInterrupt). Use as a context manager."""
+    A second signal stops at once (KeyboardInterrupt). Use as a context manager.
+
+    A repeat within `DUPLICATE_S` is the same request delivered twice, not a second one: Slurm and a
+    Ctrl-C signal every process of the job, and torchrun then forwards the same signal to its
+    workers, so each worker receives it twice within milliseconds and must still save.
+    """
+
+    DUPLICATE_S = 0.5
 
     def __init__(self):
         self.signum = None
+        self.received_at = 0.0
         self.previous = {}
 
     def __enter__(self) -> StopSignal:
@@ -40,9 +49,12 @@ class StopSignal:
             signal.signal(s, handler)
 
     def _handle(self, signum, frame):
-        if self.signum is not None:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.signum = signum
+        now = time.monotonic()
+        if self.signum is not None:
+            if now - self.received_at < self.DUPLICATE_S:
+                return  # the launcher forwarding what we already got
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.signum, self.received_at = signum, now
 
     @property
     def name(self) -> str:

@@ -2,6 +2,7 @@
 "machines" on loopback, torchrun's restarts after a killed rank, a hung rank, and signals through the launcher."""
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -103,8 +104,10 @@ def worker(launcher: subprocess.Popen, rank: int):
 
 
 def start(args: list[str], log: Path, env=None) -> subprocess.Popen:
-    """A launcher in the background, its output to a file (a pipe nobody reads would fill and block it)."""
-    return subprocess.Popen(args, env=child_env(env), stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
+    """A launcher in the background in its own process group, its output to a file (a pipe nobody
+    reads would fill and block it)."""
+    return subprocess.Popen(args, env=child_env(env), stdout=log.open("w"), stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
 
 
 def finish(launcher: subprocess.Popen, log: Path, timeout: float = 300) -> str:
@@ -221,3 +224,17 @@ def test_accelerate_fsdp_on_cpus_is_refused_instead_of_training_each_rank_alone(
                       "--mixed_precision", "no", "-m", "launch.cli", "train", *tiny_run_options(tmp_path / "run")],
                      check=False, timeout=300)
     assert result.returncode != 0 and "error: FSDP runs only on GPUs under Accelerate" in result.stderr
+
+
+def test_sigterm_to_every_process_as_slurm_sends_it_saves_once_on_every_rank(tmp_path):
+    """Slurm (and Ctrl-C in a terminal) signal the launcher and the workers alike: every rank saves
+    the same step once and stops. (A repeat of the signal is one request: test_runtime.py.)"""
+    out, log = tmp_path / "run", tmp_path / "run.log"
+    launcher = start(two_process_run(out, extra=("--max-steps", "60", "--epochs", "20", "--save-every", "4")), log)
+    wait_for(out / "checkpoints" / "step-0000004", launcher)
+    os.killpg(launcher.pid, signal.SIGTERM)
+    output = finish(launcher, log, timeout=120)
+    assert output.count("SIGTERM received: saved step") == 2, output[-3000:]  # each rank says it once
+    assert "interrupted twice" not in output
+    saved = sorted((out / "checkpoints").glob("step-*"))[-1]
+    assert not json.loads((saved / "trainer_state.json").read_text()).get("finished")
