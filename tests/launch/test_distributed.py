@@ -115,15 +115,15 @@ def finish(launcher: subprocess.Popen, log: Path, timeout: float = 300) -> str:
         launcher.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         launcher.kill()
-        raise AssertionError(f"the launcher did not end in {timeout} s:\n{log.read_text()[-4000:]}") from None
-    return log.read_text()
+        raise AssertionError(f"the launcher did not end in {timeout} s:\n{log.read_text(errors="replace")[-4000:]}") from None
+    return log.read_text(errors="replace")
 
 
 def wait_for(path: Path, launcher: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
+    deadline = time.monotonic() + timeout
     while not path.exists():
         assert launcher.poll() is None, f"the run ended before {path.name} appeared"
-        assert time.time() < deadline, f"{path} did not appear"
+        assert time.monotonic() < deadline, f"{path} did not appear"
         time.sleep(0.02)
 
 

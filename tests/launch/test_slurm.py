@@ -1,0 +1,82 @@
+"""launch/slurm/train.sbatch: its command line everywhere, and under a real Slurm where one answers.
+
+The second test needs a Slurm cluster on this host (slurmctld + slurmd, e.g. Debian's slurm-wlm with
+one node); it skips where `sinfo` is absent or no controller answers, as in CI.
+"""
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, child_env, losses, run_cli, tiny_run_options
+
+SCRIPT = REPO / "launch" / "slurm" / "train.sbatch"
+
+
+def test_the_script_builds_one_launcher_per_node_with_c10d_rendezvous_and_resume():
+    env = {"GPT_LAUNCH_DRY_RUN": "1", "SLURM_JOB_NUM_NODES": "4", "SLURM_JOB_NODELIST": "gpu[01-04]",
+           "SLURM_JOB_ID": "123456", "GPUS_PER_NODE": "8", "MASTER_ADDR": "gpu01"}
+    command = run_cli(["bash", SCRIPT, "--data", "/shared/tiny stories", "--lr", "3e-4"], env=env).stdout.strip()
+    assert command.startswith("srun --kill-on-bad-exit=1 --ntasks-per-node=1 bash -c exec accelerate launch")
+    for part in ("--num_machines 4", "--num_processes 32", "--machine_rank $SLURM_NODEID", "--main_process_ip gpu01",
+                 "--main_process_port 29956", "--rdzv_backend c10d", "--max_restarts 2", "recipes/tinystories.py",
+                 "--resume auto", r"--data /shared/tiny\ stories --lr 3e-4"):
+        assert part in command, part
+    text = SCRIPT.read_text()
+    assert "#SBATCH --signal=TERM@120" in text and "#SBATCH --requeue" in text
+    assert "export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in text
+
+
+def slurm_answers() -> bool:
+    if not shutil.which("sbatch") or not shutil.which("sinfo"):
+        return False
+    try:
+        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def job_state(job: str) -> str:
+    out = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+    return out.split("JobState=")[1].split()[0] if "JobState=" in out else "GONE"
+
+
+def wait_until(condition, what: str, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not slurm_answers(), reason="no Slurm controller answers on this host (sbatch/sinfo absent or down)")
+def test_a_preempted_job_saves_and_its_requeue_resumes_to_the_same_losses(tmp_path):
+    out = tmp_path / "run"
+    train_options = tiny_run_options(out, "--max-steps", "40", "--save-every", "4", "--epochs", "8", "--log-every", "1")
+    env = child_env({"GPUS_PER_NODE": "2", "ACCELERATE_ARGS": "--mixed_precision no"})
+    job = subprocess.run(["sbatch", "--parsable", "--nodes=1", "--cpus-per-task=2", "--gpus-per-node=0",
+                          f"--output={tmp_path}/job-%j.out", str(SCRIPT), *train_options],
+                         cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout.strip()
+    log = Path(tmp_path / f"job-{job}.out")
+    try:
+        wait_until(lambda: (out / "checkpoints" / "step-0000008").exists(), "the first checkpoints")
+        subprocess.run(["scancel", "--signal=TERM", job], check=True)  # what --signal=TERM@120 sends
+        wait_until(lambda: job_state(job) in ("FAILED", "COMPLETED", "CANCELLED"), "the preempted job to end")
+        assert "SIGTERM received: saved step" in log.read_text(errors="replace")
+        subprocess.run(["scontrol", "requeue", job], check=True)
+        subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], check=True)  # skip the requeue delay
+        wait_until(lambda: job_state(job) == "COMPLETED", "the requeued job to finish")
+    finally:
+        subprocess.run(["scancel", job], capture_output=True)
+    text = log.read_text(errors="replace")
+    assert "restart 1" in text and "resume: " + str(out / "checkpoints" / "step-") in text
+    plain = tmp_path / "plain" / "run"
+    run_cli(["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--mixed_precision", "no", "-m",
+             "launch.cli", "train", *tiny_run_options(plain, "--max-steps", "40", "--save-every", "4", "--epochs", "8",
+                                                      "--log-every", "1")])
+    assert losses(out) == losses(plain)
+    assert json.loads((out / "summary.json").read_text())["steps"] == 40
