@@ -115,7 +115,7 @@ def finish(launcher: subprocess.Popen, log: Path, timeout: float = 300) -> str:
         launcher.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         launcher.kill()
-        raise AssertionError(f"the launcher did not end in {timeout} s:\n{log.read_text(errors="replace")[-4000:]}") from None
+        raise AssertionError(f"the launcher did not end in {timeout} s:\n{log.read_text(errors='replace')[-4000:]}") from None
     return log.read_text(errors="replace")
 
 
