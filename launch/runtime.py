@@ -77,12 +77,13 @@ def follow_launcher() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def any_process(accelerator, flag: bool) -> bool:
-    """True on every process if it is true on any: all must stop (and checkpoint) at the same step."""
+def any_process(accelerator, *flags: bool) -> list[bool]:
+    """Each flag, true on every process if it is true on any, in one all-reduce: all processes must
+    take the same decision at the same step (stop, and checkpoint, together)."""
     if accelerator.num_processes == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
-    return bool(accelerator.reduce(t, reduction="sum").item() > 0)
+        return list(flags)
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=accelerator.device)
+    return [v > 0 for v in accelerator.reduce(t, reduction="sum").tolist()]
 
 
 def has_accelerator_device() -> bool:
@@ -120,7 +121,9 @@ def check_elastic_launch() -> None:
                         "then launch again")
 
 
-COLLECTIVE_FAILURES = {  # what gloo/NCCL say -> what happened, for a one-line message
+COLLECTIVE_FAILURES = {  # what gloo/NCCL say -> what happened, for a one-line message; first match wins
+    "connectfullmesh failed": "could not connect to the other processes (one is down, or a restart reused a stale "
+                              "rendezvous: see TORCH_DISABLE_SHARE_RDZV_TCP_STORE in README)",
     "timed out": "a collective operation timed out: another process stopped responding",
     "timeout": "a collective operation timed out: another process stopped responding",
     "connection closed by peer": "lost the connection to another process (it probably crashed: see its log)",

@@ -389,9 +389,11 @@ def after_step(run: Run, stop_signal: StopSignal) -> str | None:
     if finished or paused or epoch_end or (cfg.save_every and state.step % cfg.save_every == 0):
         with run.window.paused():
             save(run, paused or finished or ("end of epoch" if epoch_end else "every --save-every steps"))
-    if stop_signal.signum is not None:
-        raise TrainingInterrupted(f"{stop_signal.name} received: saved step {state.step}; continue with "
-                                  f"--resume auto --output-dir {run.run_dir}", 128 + stop_signal.signum)
+    if paused == SIGNALLED:
+        what, code = ((f"{stop_signal.name} received", 128 + stop_signal.signum) if stop_signal.signum
+                      else ("another process was signalled", 143))
+        raise TrainingInterrupted(f"{what}: saved step {state.step}; continue with "
+                                  f"--resume auto --output-dir {run.run_dir}", code)
     return paused or finished
 
 
@@ -429,14 +431,24 @@ def save(run: Run, why: str) -> None:
     run.say(f"checkpoint: {path} ({why.split(';')[0]})")
 
 
+SIGNALLED = "signal"
+
+
 def pause_reason(run: Run, stop_signal: StopSignal) -> str | None:
-    """A signal or a session limit on any process pauses every process at this same step."""
+    """A signal or a session limit on any process pauses every process at this same step.
+
+    Decided once, for all processes together: a signal that reaches one rank just after this point
+    is acted on at the next step by all of them, never by that rank alone.
+    """
     cfg = run.cfg
     out_of_time = cfg.max_minutes is not None and time.time() - run.start_time > 60 * cfg.max_minutes
     out_of_steps = cfg.stop_after_steps is not None and run.state.step - run.session_start_step >= cfg.stop_after_steps
-    if not any_process(run.accelerator, stop_signal.signum is not None or out_of_time or out_of_steps):
-        return None
-    return f"paused at step {run.state.step} (session limit); continue with --resume auto --output-dir {run.run_dir}"
+    signalled, limited = any_process(run.accelerator, stop_signal.signum is not None, out_of_time or out_of_steps)
+    if signalled:
+        return SIGNALLED
+    if limited:
+        return f"paused at step {run.state.step} (session limit); continue with --resume auto --output-dir {run.run_dir}"
+    return None
 
 
 def finish_run(run: Run, reason: str) -> dict:

@@ -4,6 +4,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -103,6 +104,12 @@ def worker(launcher: subprocess.Popen, rank: int):
     raise AssertionError(f"no rank {rank} under the launcher")
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def start(args: list[str], log: Path, env=None) -> subprocess.Popen:
     """A launcher in the background in its own process group, its output to a file (a pipe nobody
     reads would fill and block it)."""
@@ -132,9 +139,9 @@ def test_two_machines_on_loopback_train_as_one_two_process_host(tmp_path):
     single = tmp_path / "single" / "run"
     run_cli(two_process_run(single))
     multi = tmp_path / "multi" / "run"
-    logs = [tmp_path / f"machine{rank}.log" for rank in (0, 1)]
+    logs, port = [tmp_path / f"machine{rank}.log" for rank in (0, 1)], free_port()
     nodes = [start(two_process_run(multi, "--num_machines", "2", "--machine_rank", str(rank),
-                                   "--main_process_ip", "127.0.0.1", "--main_process_port", "29581"), logs[rank])
+                                   "--main_process_ip", "127.0.0.1", "--main_process_port", str(port)), logs[rank])
              for rank in (0, 1)]
     outputs = [finish(node, log) for node, log in zip(nodes, logs, strict=True)]
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
@@ -152,8 +159,9 @@ def test_a_killed_rank_restarts_the_group_from_the_last_checkpoint(tmp_path):
     run_cli(two_process_run(plain, extra=extra))
     out = tmp_path / "elastic" / "run"
     log = tmp_path / "elastic.log"
-    launcher = start(two_process_run(out, "--max_restarts", "1", "--monitor_interval", "1", extra=extra), log,
-                     env={"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"})
+    launcher = start(two_process_run(out, "--max_restarts", "1", "--monitor_interval", "1", "--rdzv_backend", "c10d",
+                                     "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
+                                     extra=extra), log, env={"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"})
     wait_for(out / "checkpoints" / "step-0000008", launcher)
     worker(launcher, 1).send_signal(signal.SIGKILL)
     output = finish(launcher, log)
