@@ -87,6 +87,7 @@ def main(out: Path) -> None:
         plain = load_pretrained(out / "best")
         result["best_matches"] = all(torch.equal(plain.state_dict()[k], v) for k, v in full.items())
     (out / f"rank{rank}.json").write_text(json.dumps(result))
+    dist.barrier()  # rank 0 still writes and reloads the full weights; tear down together
     dist.destroy_process_group()
 
 
