@@ -121,25 +121,25 @@ def check_elastic_launch() -> None:
                         "then launch again")
 
 
-COLLECTIVE_FAILURES = {  # what gloo/NCCL say -> what happened, for a one-line message; first match wins
-    "connectfullmesh failed": "could not connect to the other processes (one is down, or a restart reused a stale "
-                              "rendezvous: see TORCH_DISABLE_SHARE_RDZV_TCP_STORE in README)",
-    "timed out": "a collective operation timed out: another process stopped responding",
-    "timeout": "a collective operation timed out: another process stopped responding",
-    "connection closed by peer": "lost the connection to another process (it probably crashed: see its log)",
-    "connection reset by peer": "lost the connection to another process (it probably crashed: see its log)",
-}
+TIMED_OUT = "a collective operation timed out: another process stopped responding"
+COLLECTIVE_FAILURES = (  # what gloo/NCCL say -> what happened, for a one-line message; first match wins
+    (("connectfullmesh failed",), "could not connect to the other processes (one is down, or a restart reused a "
+                                  "stale rendezvous: see TORCH_DISABLE_SHARE_RDZV_TCP_STORE in README)"),
+    (("timed out", "timeout"), TIMED_OUT),
+    (("connection closed by peer", "connection reset by peer"),
+     "lost the connection to another process (it probably crashed: see its log)"),
+)
 
 
 def collective_failure(error: BaseException, timeout_s: float) -> UserError | None:
     """A one-line UserError naming this rank for a failed collective, or None for any other error."""
     text = str(error).lower()
-    for needle, what in COLLECTIVE_FAILURES.items():
-        if needle in text:
-            rank = os.environ.get("RANK", "0")
-            waited = f" (--collective-timeout {timeout_s:g} s)" if "timed out" in what else ""
-            return UserError(f"{what}{waited}; this process (rank {rank}) stops. Continue from the last checkpoint "
-                             "with --resume auto (or launch with --max_restarts to do it automatically)")
+    for needles, what in COLLECTIVE_FAILURES:
+        if any(needle in text for needle in needles):
+            waited = f" (--collective-timeout {timeout_s:g} s)" if what is TIMED_OUT else ""
+            return UserError(f"{what}{waited}; this process (rank {os.environ.get('RANK', '0')}) stops. Continue from "
+                             "the last checkpoint with --resume auto (or launch with --max_restarts to do it "
+                             "automatically)")
     return None
 
 
