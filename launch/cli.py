@@ -22,7 +22,7 @@ from .config import (
     saved_run_config, smoke_config,
 )
 from .errors import USER_ERRORS, UserError
-from .runtime import TrainingInterrupted, default_batch_size, resolve_device
+from .runtime import TrainingInterrupted, default_batch_size, rank_print, resolve_device
 
 
 
@@ -202,6 +202,28 @@ def generate(checkpoint, prompt, max_tokens, temperature, top_k, top_p, greedy, 
 
 
 @cli.command()
+@config_options(TrainConfig(), only=("data.", "seed"), show_default=False)
+@click.pass_context
+@user_errors_exit
+def prepare(ctx, **params):
+    """Build the token cache of the data settings given (the paper's by default), or check the one
+    already built, and print its counts. Run it once before `accelerate launch` on a cluster: every
+    rank then reads the cache instead of waiting for one of them to build it.
+
+    \b
+    gpt-launch prepare --data ../shared/data/tinystories --data-workers 16
+    """
+    from .data import prepare_data, verify_cache
+
+    cfg = replace_paths(TrainConfig(), given_options(ctx, params))
+    prepared = prepare_data(cfg.data, cfg.seed, progress_bar=sys.stderr.isatty())
+    if prepared.from_cache:
+        verify_cache(prepared)
+        click.echo(f"data: cache verified, {sum(s.num_stories for s in prepared.splits.values()):,} stories")
+    click.echo(str(prepared.cache_dir))
+
+
+@cli.command()
 @click.argument("checkpoint", required=False)
 @click.option("--split", type=click.Choice(["train", "validation", "test", "all"]), default="test", show_default=True,
               help="Which split of the data (cut as in training); 'all' measures every story.")
@@ -231,7 +253,7 @@ def evaluate(ctx, checkpoint, split, batch_size, max_batches, json_out, **params
     accelerator.print(f"evaluate: data settings from {folder.parent.parent / RUN_CONFIG_NAME if run_config else 'the paper recipe'}"
                       ", changed by the flags given")
     model = load_pretrained(folder).to(accelerator.device)
-    prepared = prepare_data(cfg.data, cfg.seed, accelerator.main_process_first, log=accelerator.print)
+    prepared = prepare_data(cfg.data, cfg.seed, log=accelerator.print, say=rank_print(accelerator))
     chosen = concat_splits(prepared.splits.values()) if split == "all" else prepared.splits[split]
     loader = accelerator.prepare(make_dataloader(make_dataset(chosen, model.config.context_length, cfg.layout),
                                                  batch_size, cfg.seed, shuffle=False, drop_last=False))

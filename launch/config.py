@@ -93,6 +93,8 @@ class DataConfig:
                              on_resume="fixed", at_least=1)
     cache_dir: str | None = setting(None, "Token cache folder [default: ~/.cache/gpt-launch].", flag="--data-cache",
                                     on_resume="free")
+    workers: int | None = setting(None, "Tokenizer processes for a first preparation of the data [default: the CPU "
+                                  "cores available].", flag="--data-workers", on_resume="free", at_least=1)
 
     def __post_init__(self) -> None:
         validate(self)

@@ -23,6 +23,12 @@ class TrainingInterrupted(Exception):
         self.exit_code = exit_code
 
 
+def rank_print(accelerator):
+    """A print for what every process must say (e.g. what it waits for), prefixed with its rank."""
+    prefix = f"[rank {accelerator.process_index}] " if accelerator.num_processes > 1 else ""
+    return lambda message: print(prefix + message, flush=True)
+
+
 class StopSignal:
     """SIGINT/SIGTERM set a flag; the loop checkpoints at the next optimizer step and exits.
     A second signal stops at once (KeyboardInterrupt). Use as a context manager.

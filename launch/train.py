@@ -31,7 +31,7 @@ from .data import PreparedData, make_dataloader, make_dataset, prepare_data
 from .errors import UserError
 from .evaluate import evaluate
 from .runtime import (
-    StopSignal, TrainingInterrupted, any_process, collective_failure, default_batch_size, make_accelerator,
+    StopSignal, TrainingInterrupted, any_process, collective_failure, default_batch_size, make_accelerator, rank_print,
 )
 from .tracking import RunLog
 
@@ -203,8 +203,8 @@ def build_run(cfg: TrainConfig, resume_from: Path | None) -> Run:
     model_config = cfg.model_config()
     if cfg.mixed_precision == "bf16" and accelerator.device.type == "cpu":
         accelerator.print("note: bf16 matmuls on CPUs without AMX/AVX-512 BF16 are far slower than fp32")
-    # data: one process tokenizes, the others read its cache
-    data = prepare_data(cfg.data, cfg.seed, accelerator.main_process_first, log=accelerator.print)
+    # data: the first process to take the cache's lock tokenizes, the others say they wait, then read it
+    data = prepare_data(cfg.data, cfg.seed, log=accelerator.print, say=rank_print(accelerator))
     batch_size = cfg.batch_size or default_batch_size(accelerator.device)
     datasets = {name: make_dataset(split, model_config.context_length, cfg.layout) for name, split in data.splits.items()}
     if cfg.layout == "padded":

@@ -16,7 +16,7 @@ out, data = Path(sys.argv[1]), sys.argv[2]
 cfg = dataclasses.replace(smoke_config(), data=DataConfig(source=data, cache_dir=str(out / "cache")), preset="tiny",
                           output_dir=str(out / "run"), max_steps=6, eval_every=3, sample_tokens=8, mixed_precision="no")
 accelerator = make_accelerator()
-prepared = prepare_data(cfg.data, cfg.seed, accelerator.main_process_first, log=lambda *_: None)
+prepared = prepare_data(cfg.data, cfg.seed, log=lambda *_: None)
 dataset = make_dataset(prepared.splits["train"], 32, "packed")
 loader = accelerator.prepare(make_dataloader(dataset, 2, cfg.seed, True, True))
 rows = {}
