@@ -1,11 +1,27 @@
 """gpt_core: the GPT model, its tokenizer and generation, in plain PyTorch (no training framework)."""
 
+import importlib
+
 from .config import PRESETS, ConfigError, GPTConfig, get_preset
-from .fused import IGNORE_INDEX
-from .generate import GenerationError, generate, generate_stream
-from .model import GPT, KVCache
 from .tokenizer import EOT_ID, Tokenizer, get_tokenizer
-from .weights import CheckpointError, load_pretrained, save_pretrained, save_state_dict
+
+# The torch-backed parts load on first use: a process that only tokenizes (the data preparation's
+# worker processes) then never imports torch, which costs ~200 MB of memory per process.
+_LAZY = {
+    "IGNORE_INDEX": "fused", "GPT": "model", "KVCache": "model",
+    "GenerationError": "generate", "generate": "generate", "generate_stream": "generate",
+    "CheckpointError": "weights", "load_pretrained": "weights", "save_pretrained": "weights",
+    "save_state_dict": "weights",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    if name in set(_LAZY.values()):
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "GPT", "GPTConfig", "KVCache", "PRESETS", "get_preset", "ConfigError", "IGNORE_INDEX",

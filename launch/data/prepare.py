@@ -297,31 +297,37 @@ def _append_source(source: Source, stream: Stream, seen: DigestSet, cfg: DataCon
 # Cutting the stream into splits
 # ---------------------------------------------------------------------------------------------
 def _write_split(folder: Path, name: str, tokens: np.ndarray, offsets: np.ndarray, stories) -> tuple[int, int]:
-    """Write the stories `stories` (a range, or an array of story numbers) of a stream as one split."""
-    starts, ends = offsets[:-1], offsets[1:]
-    if isinstance(stories, range):
-        lengths = np.asarray(ends[stories.start : stories.stop] - starts[stories.start : stories.stop])
-    else:
-        lengths = np.asarray(ends[stories] - starts[stories])
-    split_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=split_offsets[1:])
-    np.save(folder / f"{name}.offsets.npy", split_offsets)
-    total = int(split_offsets[-1])
-    # Plain writes into an .npy, not a memory map: a full disk then raises ENOSPC instead of SIGBUS.
-    with open(folder / f"{name}.tokens.npy", "wb") as out:
-        np.lib.format.write_array_header_1_0(out, {"descr": "<u2", "fortran_order": False, "shape": (total,)})
-        if isinstance(stories, range) and len(stories):  # contiguous: copy in slices
-            first = int(starts[stories.start])
-            for at in range(0, total, 1 << 24):
-                out.write(np.ascontiguousarray(tokens[first + at : first + min(at + (1 << 24), total)]).data)
-        elif len(lengths):  # a gathered split: stories in permuted order, a block at a time
-            block = 8192
-            for b in range(0, len(stories), block):
-                ids, size = stories[b : b + block], lengths[b : b + block]
-                out_start = split_offsets[b : b + len(ids)]
-                shift = np.asarray(starts[ids]) - (out_start - out_start[0])
-                out.write(tokens[np.arange(int(size.sum()), dtype=np.int64) + np.repeat(shift, size)].data)
-    return len(lengths), total
+    """Write the stories `stories` (a range, or an array of story numbers) of a stream as one split,
+    a block of stories at a time, so memory stays bounded however many stories the split holds.
+    Plain writes into .npy files, not memory maps: a full disk then raises ENOSPC, not SIGBUS."""
+    contiguous = isinstance(stories, range)
+    block = 1 << 16 if contiguous else 1 << 13  # a gathered block builds an index of ~200 x block int64
+
+    def blocks():
+        for b in range(0, len(stories), block):
+            ids = stories[b : b + block]
+            starts = np.asarray(offsets[ids.start : ids.stop] if contiguous else offsets[ids])
+            ends = np.asarray(offsets[ids.start + 1 : ids.stop + 1] if contiguous else offsets[ids + 1])
+            yield starts, ends
+
+    total = sum(int((ends - starts).sum()) for starts, ends in blocks())
+    with open(folder / f"{name}.tokens.npy", "wb") as out_tokens, open(folder / f"{name}.offsets.npy", "wb") as out_offsets:
+        np.lib.format.write_array_header_1_0(out_tokens, {"descr": "<u2", "fortran_order": False, "shape": (total,)})
+        np.lib.format.write_array_header_1_0(out_offsets, {"descr": "<i8", "fortran_order": False,
+                                                           "shape": (len(stories) + 1,)})
+        out_offsets.write(np.zeros(1, dtype=np.int64).data)
+        written = 0
+        for starts, ends in blocks():
+            lengths = ends - starts
+            if contiguous:
+                part = np.ascontiguousarray(tokens[starts[0] : ends[-1]])
+            else:  # each story's tokens, in the permuted order
+                first_out = np.cumsum(lengths) - lengths
+                part = tokens[np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(starts - first_out, lengths)]
+            out_tokens.write(part.data)
+            out_offsets.write((written + np.cumsum(lengths)).data)
+            written += len(part)
+    return len(stories), total
 
 
 def split_counts(n: int, cfg: DataConfig) -> tuple[int, int]:
@@ -372,7 +378,6 @@ def _build(cfg: DataConfig, seed: int | None, scratch: Path, workers: int, how: 
     try:
         stream, seen = Stream(scratch, "source"), DigestSet()
         read = _append_source(main, stream, seen, cfg, workers, scratch, dropped, progress)
-        log(f"data: {read:,} stories read")
         tokens, offsets = stream.close()
         if heldout is None:
             n = len(offsets) - 1
@@ -393,6 +398,7 @@ def _build(cfg: DataConfig, seed: int | None, scratch: Path, workers: int, how: 
         del seen
     finally:
         progress.close()
+    log(f"data: {read:,} stories read")
     tokenize_seconds = time.perf_counter() - start
     dropped = Counter({k: v for k, v in dropped.items() if v})
     if dropped:
