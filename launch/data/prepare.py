@@ -214,15 +214,16 @@ class Stream:
         self.num_tokens += int(lengths.sum())
         self.num_stories += len(lengths)
 
-    def close(self) -> tuple[np.ndarray, np.ndarray]:
-        """(tokens, offsets), memory-mapped."""
+    def close(self) -> Stream:
         self._tokens.close()
         self._offsets.close()
-        return _map(self.tokens_path, np.uint16), _map(self.offsets_path, np.int64)
+        return self
 
-
-def _map(path: Path, dtype) -> np.ndarray:
-    return np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size else np.zeros(0, dtype=dtype)
+    def mapped(self) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens, offsets), memory-mapped afresh: drop them after a block of work, so the pages
+        read do not pile up in this process's resident memory over the whole stream."""
+        tokens = np.memmap(self.tokens_path, dtype=np.uint16, mode="r") if self.num_tokens else np.zeros(0, np.uint16)
+        return tokens, np.memmap(self.offsets_path, dtype=np.int64, mode="r")
 
 
 @dataclass
@@ -296,7 +297,7 @@ def _append_source(source: Source, stream: Stream, seen: DigestSet, cfg: DataCon
 # ---------------------------------------------------------------------------------------------
 # Cutting the stream into splits
 # ---------------------------------------------------------------------------------------------
-def _write_split(folder: Path, name: str, tokens: np.ndarray, offsets: np.ndarray, stories) -> tuple[int, int]:
+def _write_split(folder: Path, name: str, stream: Stream, stories) -> tuple[int, int]:
     """Write the stories `stories` (a range, or an array of story numbers) of a stream as one split,
     a block of stories at a time, so memory stays bounded however many stories the split holds.
     Plain writes into .npy files, not memory maps: a full disk then raises ENOSPC, not SIGBUS."""
@@ -306,21 +307,23 @@ def _write_split(folder: Path, name: str, tokens: np.ndarray, offsets: np.ndarra
     def blocks():
         for b in range(0, len(stories), block):
             ids = stories[b : b + block]
+            tokens, offsets = stream.mapped()
             starts = np.asarray(offsets[ids.start : ids.stop] if contiguous else offsets[ids])
             ends = np.asarray(offsets[ids.start + 1 : ids.stop + 1] if contiguous else offsets[ids + 1])
-            yield starts, ends
+            yield tokens, starts, ends
+            del tokens, offsets
 
-    total = sum(int((ends - starts).sum()) for starts, ends in blocks())
+    total = sum(int((ends - starts).sum()) for _, starts, ends in blocks())
     with open(folder / f"{name}.tokens.npy", "wb") as out_tokens, open(folder / f"{name}.offsets.npy", "wb") as out_offsets:
         np.lib.format.write_array_header_1_0(out_tokens, {"descr": "<u2", "fortran_order": False, "shape": (total,)})
         np.lib.format.write_array_header_1_0(out_offsets, {"descr": "<i8", "fortran_order": False,
                                                            "shape": (len(stories) + 1,)})
         out_offsets.write(np.zeros(1, dtype=np.int64).data)
         written = 0
-        for starts, ends in blocks():
+        for tokens, starts, ends in blocks():
             lengths = ends - starts
             if contiguous:
-                part = np.ascontiguousarray(tokens[starts[0] : ends[-1]])
+                part = np.array(tokens[starts[0] : ends[-1]])
             else:  # each story's tokens, in the permuted order
                 first_out = np.cumsum(lengths) - lengths
                 part = tokens[np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(starts - first_out, lengths)]
@@ -378,23 +381,22 @@ def _build(cfg: DataConfig, seed: int | None, scratch: Path, workers: int, how: 
     try:
         stream, seen = Stream(scratch, "source"), DigestSet()
         read = _append_source(main, stream, seen, cfg, workers, scratch, dropped, progress)
-        tokens, offsets = stream.close()
+        stream.close()
         if heldout is None:
-            n = len(offsets) - 1
+            n = stream.num_stories
             order = _shuffled_order(n, cfg, seed)
             n_train, n_val = split_counts(n, cfg)
             bounds = {"train": range(0, n_train), "validation": range(n_train, n_train + n_val),
                       "test": range(n_train + n_val, n)}
             picks = {k: (order[r.start : r.stop] if order is not None else r) for k, r in bounds.items()}
-            parts = {k: (tokens, offsets, v) for k, v in picks.items()}
+            parts = {k: (stream, v) for k, v in picks.items()}
         else:
             held = Stream(scratch, "heldout")
             _append_source(heldout, held, DigestSet(), cfg, workers, scratch, dropped, progress, "held-out ", seen)
-            held_tokens, held_offsets = held.close()
-            half = (len(held_offsets) - 1) // 2
-            parts = {"train": (tokens, offsets, range(0, len(offsets) - 1)),
-                     "validation": (held_tokens, held_offsets, range(0, half)),
-                     "test": (held_tokens, held_offsets, range(half, len(held_offsets) - 1))}
+            held.close()
+            half = held.num_stories // 2
+            parts = {"train": (stream, range(0, stream.num_stories)), "validation": (held, range(0, half)),
+                     "test": (held, range(half, held.num_stories))}
         del seen
     finally:
         progress.close()
@@ -404,8 +406,8 @@ def _build(cfg: DataConfig, seed: int | None, scratch: Path, workers: int, how: 
     if dropped:
         log("data: dropped " + ", ".join(f"{n:,} {why}" for why, n in sorted(dropped.items())))
     meta = {"stories_read": read, "dropped": dict(dropped), "workers": workers, "splits": {}}
-    for name, (stream_tokens, stream_offsets, stories) in parts.items():
-        count, total = _write_split(scratch, name, stream_tokens, stream_offsets, stories)
+    for name, (source_stream, stories) in parts.items():
+        count, total = _write_split(scratch, name, source_stream, stories)
         meta["splits"][name] = {"stories": count, "tokens": total}
         log(f"data: {name:<10} {count:>9,} stories {total:>12,} tokens {total / max(count, 1):7.1f} tokens/story")
     for leftover in scratch.glob("*.bin"):  # the streams: only the split files stay
