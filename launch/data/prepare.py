@@ -453,9 +453,10 @@ def build_lock(path: Path, scratch: Path, say: Callable[[str], None]):
                 if time.monotonic() >= next_report:
                     next_report = time.monotonic() + REPORT_EVERY_S
                     holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-                    with contextlib.suppress(OSError, ValueError):
-                        holder += ", " + json.loads((scratch / "progress.json").read_text())["progress"]
-                    say(f"data: waiting for {holder} to finish the token cache {path.with_suffix('')}")
+                    so_far = ""
+                    with contextlib.suppress(OSError, ValueError, KeyError):
+                        so_far = f" (so far {json.loads((scratch / 'progress.json').read_text())['progress']})"
+                    say(f"data: waiting for {holder} to finish the token cache {path.with_suffix('')}{so_far}")
                 time.sleep(0.2)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
