@@ -6,10 +6,12 @@ from .config import PRESETS, ConfigError, GPTConfig, get_preset
 from .tokenizer import EOT_ID, Tokenizer, get_tokenizer
 
 # The torch-backed parts load on first use: a process that only tokenizes (the data preparation's
-# worker processes) then never imports torch, which costs ~200 MB of memory per process.
+# worker processes) then never imports torch, which costs ~200 MB of memory per process. No
+# submodule may share a name with what it exports (hence generation.py, not generate.py): importing
+# a submodule sets the package attribute of its name, which would hide the function.
 _LAZY = {
     "IGNORE_INDEX": "fused", "GPT": "model", "KVCache": "model",
-    "GenerationError": "generate", "generate": "generate", "generate_stream": "generate",
+    "GenerationError": "generation", "generate": "generation", "generate_stream": "generation",
     "CheckpointError": "weights", "load_pretrained": "weights", "save_pretrained": "weights",
     "save_state_dict": "weights",
 }

@@ -159,7 +159,7 @@ def generate(checkpoint, prompt, max_tokens, temperature, top_k, top_p, greedy, 
     """Sample stories from CHECKPOINT (a run folder, a checkpoint folder, or the newest run), streaming
     tokens as they are produced."""
     from gpt_core import generate_stream, get_tokenizer, load_pretrained
-    from gpt_core.generate import check_generation_args
+    from gpt_core.generation import check_generation_args
 
     for flag, value in (("--max-tokens", max_tokens), ("--num-samples", num_samples)):
         if value < 1:

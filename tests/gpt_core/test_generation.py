@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from gpt_core import GPT, GenerationError, generate, get_preset, get_tokenizer
-from gpt_core.generate import filter_logits
+from gpt_core.generation import filter_logits
 
 
 @pytest.fixture(scope="module")
