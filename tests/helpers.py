@@ -4,6 +4,7 @@ import gzip
 import json
 import os
 import subprocess
+import socket
 import sys
 from pathlib import Path
 
@@ -69,3 +70,16 @@ def records(run_dir: Path, kind: str) -> list[dict]:
 
 def losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in records(run_dir, "train")}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_two(*flags: str) -> list[str]:
+    """`accelerate launch` of two CPU processes. On a free port unless `flags` name one: Accelerate's
+    default, 29500, may still be held by the previous test's processes as they exit."""
+    port = [] if "--main_process_port" in flags else ["--main_process_port", str(free_port())]
+    return ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--mixed_precision", "no", *port, *flags]

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from gpt_core import get_tokenizer, load_pretrained
 from launch.cli import cli
 from launch.data import SMOKE_DATA, DataConfig, PackedDataset, prepare_data
-from tests.helpers import PYTHON, run_cli, tiny_run
+from tests.helpers import PYTHON, launch_two, run_cli, tiny_run
 
 pytestmark = pytest.mark.slow
 
@@ -131,8 +131,7 @@ def test_evaluate_two_processes_match_one(run_dir, tmp_path):
     common = [str(run_dir), "--data", str(SMOKE_DATA), "--split", "validation", "--batch-size", "2",
               "--data-cache", str(tmp_path / "c")]
     run_cli([PYTHON, "-m", "launch.cli", "evaluate", *common, "--json-out", str(tmp_path / "one.json")])
-    run_cli(["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--mixed_precision", "no", "-m", "launch.cli",
-             "evaluate", *common, "--json-out", str(tmp_path / "two.json")])
+    run_cli(launch_two("-m", "launch.cli", "evaluate", *common, "--json-out", str(tmp_path / "two.json")))
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert two["processes"] == 2 and one["tokens"] == two["tokens"]
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-6) and two["accuracy"] == pytest.approx(one["accuracy"])

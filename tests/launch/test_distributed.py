@@ -4,7 +4,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -13,14 +12,13 @@ import pytest
 import torch
 
 from launch.data import SMOKE_DATA
-from tests.helpers import PYTHON, child_env, losses, records, run_cli, tiny_run_options
+from tests.helpers import PYTHON, child_env, free_port, launch_two, losses, records, run_cli, tiny_run_options
 
 pytestmark = pytest.mark.slow
 
 
 def test_two_processes_split_the_data_and_agree(tmp_path):
-    run_cli(["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--mixed_precision", "no",
-             "tests/launch/dist_probe.py", str(tmp_path), str(SMOKE_DATA)])
+    run_cli(launch_two("tests/launch/dist_probe.py", str(tmp_path), str(SMOKE_DATA)))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2]
     for epoch in ("0", "1"):
@@ -83,8 +81,8 @@ def test_deepspeed_zero3_shards_parameters_and_resumes(tmp_path):
 # ---- past one machine, on one host -------------------------------------------------------------------
 def two_process_run(out: Path, *launcher_flags, extra=()) -> list[str]:
     """`accelerate launch` of a tiny two-process CPU run with the given launcher flags."""
-    return ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--mixed_precision", "no", *launcher_flags,
-            "-m", "launch.cli", "train", *tiny_run_options(out, "--max-steps", "6", "--log-every", "1", *extra)]
+    return launch_two(*launcher_flags, "-m", "launch.cli", "train",
+                      *tiny_run_options(out, "--max-steps", "6", "--log-every", "1", *extra))
 
 
 def run_records(run_dir: Path) -> list[tuple]:
@@ -103,11 +101,6 @@ def worker(launcher: subprocess.Popen, rank: int):
             continue
     raise AssertionError(f"no rank {rank} under the launcher")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(args: list[str], log: Path, env=None) -> subprocess.Popen:

@@ -12,7 +12,7 @@ import time
 import psutil
 import pytest
 
-from tests.helpers import PYTHON, REPO, child_env, losses, run_cli
+from tests.helpers import PYTHON, REPO, child_env, launch_two, losses, run_cli
 from tests.helpers import train_args as tiny_train_args
 
 pytestmark = pytest.mark.slow
@@ -114,8 +114,7 @@ def test_nan_loss_stops_the_run_within_one_log_interval(tmp_path):
 
 def test_a_dying_peer_ends_the_run_instead_of_hanging(tmp_path):
     out = tmp_path / "run"
-    args = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--mixed_precision", "no", "-m", "launch.cli",
-            *train_args(out, "--max-steps", "400", "--epochs", "100")[3:]]
+    args = launch_two("-m", "launch.cli", *train_args(out, "--max-steps", "400", "--epochs", "100")[3:])
     proc = start(args)
     wait_for_step(out, 2, proc)
     workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.environ().get("RANK") == "1"]

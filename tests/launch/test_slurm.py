@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, child_env, losses, run_cli, tiny_run_options
+from tests.helpers import REPO, child_env, launch_two, losses, run_cli, tiny_run_options
 
 SCRIPT = REPO / "launch" / "slurm" / "train.sbatch"
 
@@ -81,8 +81,7 @@ def test_a_preempted_job_saves_and_its_requeue_resumes_to_the_same_losses(tmp_pa
     text = log.read_text(errors="replace")
     assert "restart 1" in text and "resume: " + str(out / "checkpoints" / "step-") in text
     plain = tmp_path / "plain" / "run"
-    run_cli(["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--mixed_precision", "no", "-m",
-             "launch.cli", "train", *tiny_run_options(plain, "--max-steps", "40", "--save-every", "4", "--epochs", "8",
-                                                      "--log-every", "1")])
+    run_cli(launch_two("-m", "launch.cli", "train", *tiny_run_options(plain, "--max-steps", "40", "--save-every", "4",
+                                                                     "--epochs", "8", "--log-every", "1")))
     assert losses(out) == losses(plain)
     assert json.loads((out / "summary.json").read_text())["steps"] == 40
