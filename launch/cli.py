@@ -266,6 +266,10 @@ def evaluate(ctx, checkpoint, split, batch_size, max_batches, json_out, **params
                    f"({accelerator.num_processes} process(es))")
         if json_out:
             Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
+    # Tear the process group down on every rank together: a rank that exits while another still
+    # writes can abort in gloo's teardown ("terminate called without an active exception").
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
 
 
 @cli.command(context_settings={"show_default": True})
