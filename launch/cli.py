@@ -8,7 +8,6 @@ from __future__ import annotations
 import codecs
 import functools
 import json
-import os
 import sys
 import types
 import typing
@@ -22,13 +21,7 @@ from .config import (
     saved_run_config, smoke_config,
 )
 from .errors import USER_ERRORS, UserError
-from .runtime import TrainingInterrupted, default_batch_size, rank_print, resolve_device
-
-
-
-def _rank_prefix() -> str:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return f"[rank {os.environ.get('RANK', '0')}] " if world > 1 else ""
+from .runtime import TrainingInterrupted, default_batch_size, rank_prefix, rank_print, resolve_device
 
 
 def user_errors_exit(fn):
@@ -39,13 +32,13 @@ def user_errors_exit(fn):
         try:
             return fn(*args, **kwargs)
         except USER_ERRORS as e:
-            click.echo(f"{_rank_prefix()}error: {e}", err=True)
+            click.echo(f"{rank_prefix()}error: {e}", err=True)
             sys.exit(2)
         except TrainingInterrupted as e:
-            click.echo(f"{_rank_prefix()}{e}", err=True)
+            click.echo(f"{rank_prefix()}{e}", err=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:  # a second Ctrl-C: stop now, without saving
-            click.echo(f"{_rank_prefix()}interrupted twice: stopped at once without saving; "
+            click.echo(f"{rank_prefix()}interrupted twice: stopped at once without saving; "
                        "continue from the last checkpoint with --resume auto", err=True)
             sys.exit(130)
 
@@ -253,7 +246,7 @@ def evaluate(ctx, checkpoint, split, batch_size, max_batches, json_out, **params
     accelerator.print(f"evaluate: data settings from {folder.parent.parent / RUN_CONFIG_NAME if run_config else 'the paper recipe'}"
                       ", changed by the flags given")
     model = load_pretrained(folder).to(accelerator.device)
-    prepared = prepare_data(cfg.data, cfg.seed, log=accelerator.print, say=rank_print(accelerator))
+    prepared = prepare_data(cfg.data, cfg.seed, log=accelerator.print, say=rank_print)
     chosen = concat_splits(prepared.splits.values()) if split == "all" else prepared.splits[split]
     loader = accelerator.prepare(make_dataloader(make_dataset(chosen, model.config.context_length, cfg.layout),
                                                  batch_size, cfg.seed, shuffle=False, drop_last=False))

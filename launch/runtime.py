@@ -23,10 +23,15 @@ class TrainingInterrupted(Exception):
         self.exit_code = exit_code
 
 
-def rank_print(accelerator):
-    """A print for what every process must say (e.g. what it waits for), prefixed with its rank."""
-    prefix = f"[rank {accelerator.process_index}] " if accelerator.num_processes > 1 else ""
-    return lambda message: print(prefix + message, flush=True)
+def rank_prefix() -> str:
+    """"[rank N] " in a multi-process run (the launcher sets RANK and WORLD_SIZE), else ""."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return f"[rank {os.environ.get('RANK', '0')}] " if world > 1 else ""
+
+
+def rank_print(message: str) -> None:
+    """Print what every process must say (e.g. what it waits for), prefixed with its rank."""
+    print(rank_prefix() + message, flush=True)
 
 
 class StopSignal:

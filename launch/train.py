@@ -204,7 +204,7 @@ def build_run(cfg: TrainConfig, resume_from: Path | None) -> Run:
     if cfg.mixed_precision == "bf16" and accelerator.device.type == "cpu":
         accelerator.print("note: bf16 matmuls on CPUs without AMX/AVX-512 BF16 are far slower than fp32")
     # data: the first process to take the cache's lock tokenizes, the others say they wait, then read it
-    data = prepare_data(cfg.data, cfg.seed, log=accelerator.print, say=rank_print(accelerator))
+    data = prepare_data(cfg.data, cfg.seed, log=accelerator.print, say=rank_print)
     batch_size = cfg.batch_size or default_batch_size(accelerator.device)
     datasets = {name: make_dataset(split, model_config.context_length, cfg.layout) for name, split in data.splits.items()}
     if cfg.layout == "padded":

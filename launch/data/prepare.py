@@ -147,8 +147,7 @@ def tokenized_chunks(source: Source, min_chars: int, workers: int, scratch: Path
     `workers` is 1). At most IN_FLIGHT_PER_WORKER chunks per worker are read ahead."""
     chunks = source.chunks(scratch)
     if workers <= 1:
-        for chunk, position in chunks:
-            chunk.position = position
+        for chunk in chunks:
             yield tokenize_chunk(chunk, min_chars)
         return
     import multiprocessing
@@ -157,8 +156,7 @@ def tokenized_chunks(source: Source, min_chars: int, workers: int, scratch: Path
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start) as pool:
         pending: deque = deque()
         try:
-            for chunk, position in chunks:
-                chunk.position = position
+            for chunk in chunks:
                 pending.append(pool.submit(tokenize_chunk, chunk, min_chars))
                 if len(pending) >= workers * IN_FLIGHT_PER_WORKER:
                     yield pending.popleft().result()
@@ -371,9 +369,10 @@ def _sources(cfg: DataConfig) -> tuple[Source, Source | None]:
     return main, Source.of(cfg.heldout_source, cfg.text_field, cfg.hub_split, None)
 
 
-def _build(cfg: DataConfig, seed: int | None, scratch: Path, workers: int, how: str, bar: bool, log) -> dict:
+def _build(cfg: DataConfig, seed: int | None, sources: tuple[Source, Source | None], scratch: Path, workers: int,
+           how: str, bar: bool, log) -> dict:
     start = time.perf_counter()
-    main, heldout = _sources(cfg)
+    main, heldout = sources
     workers = workers_for(main, workers)
     log(f"data: {cfg.source} -> {how}, tokenizing in {workers} process(es)")
     progress = Progress(log, scratch / "progress.json", main.size() + (heldout.size() if heldout else 0), bar)
@@ -525,7 +524,7 @@ def prepare_data(cfg: DataConfig, seed: int | None = None, log: Callable[[str], 
         with build_lock(tokens_dir / f"{key}.lock", scratch, say):
             from_cache = (target / "meta.json").exists()  # another process built it while we waited
             if not from_cache:
-                _build_atomically(cfg, seed, target, scratch, how, say, progress_bar)
+                _build_atomically(cfg, seed, (main, heldout), target, scratch, how, say, progress_bar)
                 (tokens_dir / f"{key}.lock").unlink(missing_ok=True)
     meta = json.loads((target / "meta.json").read_text())
     if from_cache:
@@ -564,12 +563,13 @@ def _load(path: Path) -> np.ndarray:
     return array if array.size else np.asarray(array)
 
 
-def _build_atomically(cfg: DataConfig, seed, target: Path, scratch: Path, how: str, say, bar: bool) -> None:
+def _build_atomically(cfg: DataConfig, seed, sources: tuple[Source, Source | None], target: Path, scratch: Path, how: str,
+                      say, bar: bool) -> None:
     shutil.rmtree(scratch, ignore_errors=True)  # an interrupted build's leftovers: we hold the lock
     scratch.mkdir(parents=True)
     workers = cfg.workers or default_workers()
     try:
-        meta = _build(cfg, seed, scratch, workers, how, bar, say)
+        meta = _build(cfg, seed, sources, scratch, workers, how, bar, say)
         meta.update(version=CACHE_VERSION, source=cfg.source, how=how)
         (scratch / "meta.json").write_text(json.dumps(meta, indent=2))
         os.rename(scratch, target)  # atomic: a reader sees the whole cache or none of it

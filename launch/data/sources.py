@@ -9,6 +9,7 @@ cheap fingerprint (`Source.fingerprint`) that keys the token cache without readi
 
 from __future__ import annotations
 
+import functools
 import glob
 import gzip
 import io
@@ -41,7 +42,7 @@ class Chunk:
     lines: list[bytes] | None = None
     field: str = "text"
     line_numbers: list[int] | None = None  # of `lines`, 1-based
-    position: int = 0  # bytes of the source read so far, for the progress bar
+    position: int = 0  # bytes (rows, for a hub dataset) of the whole source read so far, for the progress bar
 
 
 def _format_of(path: Path) -> str | None:
@@ -189,6 +190,7 @@ def files_fingerprint(files: list[Path]) -> str:
 # ---------------------------------------------------------------------------------------------
 # The Hugging Face hub, through `datasets` and its own cache
 # ---------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)  # once a process: keying and then reading a hub source would probe twice
 def _hub_reachable(timeout: float = 3.0) -> bool:
     if any(os.environ.get(v, "0") not in ("0", "", "false") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
         return False
@@ -275,11 +277,10 @@ class Source:
         """Bytes (files) or rows (hub) that the chunks' `position` counts up to, for progress."""
         return sum(f.stat().st_size for f in self.files) if self.files is not None else 0
 
-    def chunks(self, scratch: Path) -> Iterator[tuple[Chunk, int]]:
-        """(chunk, position across the whole source); at most `max_samples` records in all."""
+    def chunks(self, scratch: Path) -> Iterator[Chunk]:
+        """The source's chunks, at most `max_samples` records in all; `position` counts across files."""
         if self.files is None:
-            for chunk in read_hub(self.spec, self.split, self.field, self.max_samples):
-                yield chunk, chunk.position
+            yield from read_hub(self.spec, self.split, self.field, self.max_samples)
             return
         left, done = self.max_samples, 0
         for path in self.files:
@@ -287,7 +288,8 @@ class Source:
                 if left is not None:
                     chunk = _first(chunk, left)
                     left -= _count(chunk)
-                yield chunk, done + chunk.position
+                chunk.position += done
+                yield chunk
                 if left == 0:
                     return
             done += path.stat().st_size

@@ -34,7 +34,7 @@ def test_big_formats_stream_in_bounded_chunks(tmp_path, monkeypatch, fmt):
     monkeypatch.setattr(sources, "TEXT_BLOCK", 50)
     stories = [*STORIES[:30], "A story written\r\non Windows, with CRLF line ends.", *STORIES[30:]]
     path = write_format(tmp_path, fmt, gz=fmt == "txt", stories=stories)
-    chunks = [chunk for chunk, _ in Source.of(str(path), "text", "train", None).chunks(tmp_path)]
+    chunks = list(Source.of(str(path), "text", "train", None).chunks(tmp_path))
     assert len(chunks) >= 61 // 7 and all(len(raw_records(c)) <= 7 for c in chunks)
     records = [r.strip() for c in chunks for r in raw_records(c)]
     if fmt == "txt":
@@ -49,7 +49,7 @@ def test_max_samples_stops_reading_across_files(tmp_path, monkeypatch):
     (tmp_path / "d").mkdir()
     write_jsonl(tmp_path / "d" / "a.jsonl", STORIES[:10])
     write_jsonl(tmp_path / "d" / "b.jsonl", STORIES[10:])
-    chunks = [c for c, _ in Source.of(str(tmp_path / "d"), "text", "train", 13).chunks(tmp_path)]
+    chunks = list(Source.of(str(tmp_path / "d"), "text", "train", 13).chunks(tmp_path))
     assert [r for c in chunks for r in raw_records(c)] == STORIES[:13]
 
 
