@@ -10,9 +10,15 @@ from .tokenizer import EOT_ID, Tokenizer, get_tokenizer
 # submodule may share a name with what it exports (hence generation.py, not generate.py): importing
 # a submodule sets the package attribute of its name, which would hide the function.
 _LAZY = {
-    "IGNORE_INDEX": "fused", "GPT": "model", "KVCache": "model",
-    "GenerationError": "generation", "generate": "generation", "generate_stream": "generation",
-    "CheckpointError": "weights", "load_pretrained": "weights", "save_pretrained": "weights",
+    "IGNORE_INDEX": "fused",
+    "GPT": "model",
+    "KVCache": "model",
+    "GenerationError": "generation",
+    "generate": "generation",
+    "generate_stream": "generation",
+    "CheckpointError": "weights",
+    "load_pretrained": "weights",
+    "save_pretrained": "weights",
     "save_state_dict": "weights",
 }
 
@@ -26,7 +32,21 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "GPT", "GPTConfig", "KVCache", "PRESETS", "get_preset", "ConfigError", "IGNORE_INDEX",
-    "Tokenizer", "get_tokenizer", "EOT_ID", "generate", "generate_stream", "GenerationError",
-    "save_pretrained", "save_state_dict", "load_pretrained", "CheckpointError",
+    "EOT_ID",
+    "GPT",
+    "IGNORE_INDEX",
+    "PRESETS",
+    "CheckpointError",
+    "ConfigError",
+    "GPTConfig",
+    "GenerationError",
+    "KVCache",
+    "Tokenizer",
+    "generate",
+    "generate_stream",
+    "get_preset",
+    "get_tokenizer",
+    "load_pretrained",
+    "save_pretrained",
+    "save_state_dict",
 ]

@@ -90,7 +90,7 @@ class GPTConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "GPTConfig":
+    def from_dict(cls, data: dict) -> GPTConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -101,7 +101,7 @@ class GPTConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "GPTConfig":
+    def load(cls, path: str | Path) -> GPTConfig:
         path = Path(path)
         try:
             data = json.loads(path.read_text())
@@ -113,7 +113,7 @@ class GPTConfig:
             raise ConfigError(f"model config {path} must hold a JSON object")
         return cls.from_dict(data)
 
-    def replace(self, **changes) -> "GPTConfig":
+    def replace(self, **changes) -> GPTConfig:
         return dataclasses.replace(self, **changes)
 
 

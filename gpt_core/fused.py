@@ -31,8 +31,12 @@ class FastDecodeLinear(nn.Linear):
     _decode_key: tuple | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type != "cpu" or torch.is_grad_enabled() or x.numel() != x.shape[-1]
-                or self.out_features <= self.in_features):
+        if (
+            x.device.type != "cpu"
+            or torch.is_grad_enabled()
+            or x.numel() != x.shape[-1]
+            or self.out_features <= self.in_features
+        ):
             return super().forward(x)
         key = (self.weight.data_ptr(), self.weight._version, self.weight.dtype)
         if key != self._decode_key:

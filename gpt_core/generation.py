@@ -9,7 +9,7 @@ context/4 tokens instead of on every token as in a cache-less sliding window.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

@@ -124,9 +124,7 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        self.register_buffer(
-            "positions", sinusoidal_positions(config.context_length, config.d_model), persistent=False
-        )
+        self.register_buffer("positions", sinusoidal_positions(config.context_length, config.d_model), persistent=False)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         # Post-LN already ends every block in a LayerNorm; pre-LN needs one before the head.
@@ -166,9 +164,7 @@ class GPT(nn.Module):
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.context_length:
-            raise ValueError(
-                f"sequence of {start + T} tokens exceeds the context length {self.config.context_length}"
-            )
+            raise ValueError(f"sequence of {start + T} tokens exceeds the context length {self.config.context_length}")
         x = self.embed(idx) * self.embed_scale + self.positions[start : start + T]
         x = self.dropout(x)
         for block in self.blocks:

@@ -55,8 +55,7 @@ def load_pretrained(folder: str | Path, map_location: str | torch.device = "cpu"
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
-            f"{weights} is corrupt or does not match {config_file} ({first_line}); "
-            "use another checkpoint or retrain"
+            f"{weights} is corrupt or does not match {config_file} ({first_line}); use another checkpoint or retrain"
         ) from None
     # The tied head is stored once under the embedding's name, so it may show up as "missing".
     missing = [m for m in missing if m != "head.weight"]

@@ -84,8 +84,15 @@ def _write_json(path: Path, data: dict) -> None:
 
 # safetensors and torch.save report a failed write as their own error types, with the OS text inside.
 # torch's zip writer reports a short write (a full disk, a file-size limit) as "unexpected pos".
-NO_SPACE_TEXT = ("No space left", "File too large", "Disk quota", "os error 28", "os error 27", "failed writing file",
-                 "unexpected pos")
+NO_SPACE_TEXT = (
+    "No space left",
+    "File too large",
+    "Disk quota",
+    "os error 28",
+    "os error 27",
+    "failed writing file",
+    "unexpected pos",
+)
 
 
 def _is_write_failure(e: Exception) -> bool:
@@ -93,7 +100,9 @@ def _is_write_failure(e: Exception) -> bool:
 
 
 def _disk_error(e: Exception, target: Path, run_dir: Path) -> UserError:
-    no_space = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or any(t in str(e) for t in NO_SPACE_TEXT)
+    no_space = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or any(
+        t in str(e) for t in NO_SPACE_TEXT
+    )
     why = "no space left: the disk, quota or file-size limit is full" if no_space else str(e).splitlines()[0]
     previous = step_checkpoints(run_dir)
     if previous:
@@ -122,7 +131,7 @@ def save_checkpoint(accelerator, model, config: GPTConfig, run_dir: Path, traine
                 os.kill(os.getpid(), signal.SIGKILL)
             _write_json(tmp / STATE_NAME, trainer_state)
             _fsync_tree(tmp)
-    except Exception as e:  # noqa: BLE001 - narrowed just below
+    except Exception as e:
         if not _is_write_failure(e):
             raise
         failure = e
@@ -153,7 +162,7 @@ def save_best(accelerator, model, config: GPTConfig, run_dir: Path, trainer_stat
         save_state_dict(state_dict, config, tmp)
         _write_json(tmp / STATE_NAME, trainer_state)
         _fsync_tree(tmp)
-    except Exception as e:  # noqa: BLE001 - narrowed just below
+    except Exception as e:
         if not _is_write_failure(e):
             raise
         shutil.rmtree(tmp, ignore_errors=True)
@@ -196,12 +205,16 @@ def read_checkpoint(path: Path, config: GPTConfig) -> dict:
     """The trainer state of a resumable checkpoint, after checking it fits the model being trained."""
     for needed in (STATE_NAME, CONFIG_NAME, "state"):
         if not (path / needed).exists():
-            raise UserError(f"{path} is not a resumable checkpoint ({needed} is missing); pass a checkpoints/step-N folder")
+            raise UserError(
+                f"{path} is not a resumable checkpoint ({needed} is missing); pass a checkpoints/step-N folder"
+            )
     try:
         saved = GPTConfig.load(path / CONFIG_NAME)
         state = json.loads((path / STATE_NAME).read_text())
     except (ValueError, OSError) as e:
-        raise CheckpointError(f"{path} is corrupt ({str(e).splitlines()[0]}); resume from an older step-N folder") from None
+        raise CheckpointError(
+            f"{path} is corrupt ({str(e).splitlines()[0]}); resume from an older step-N folder"
+        ) from None
     if saved != config:
         diff = {k: (v, getattr(config, k)) for k, v in saved.to_dict().items() if getattr(config, k) != v}
         raise UserError(
@@ -229,7 +242,7 @@ def load_training_state(accelerator, model, path: Path) -> None:
             weights["head.weight"] = weights["embed.weight"]  # tied: stored once
             accelerator.unwrap_model(model).load_state_dict(weights)
         accelerator.load_state(str(path / "state"))
-    except Exception as e:  # noqa: BLE001 - torch/safetensors/deepspeed each raise their own types
+    except Exception as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"{path} could not be loaded ({type(e).__name__}: {first_line[:200]}); it is corrupt or not ours - "
@@ -241,7 +254,11 @@ def resolve_weights(path: str | None) -> Path:
     """A weights folder from a folder that holds model.safetensors, a run folder (its best), or the
     newest run under ./runs when no path is given."""
     if path is None:
-        runs = sorted((p for p in Path("runs").glob("*") if p.is_dir()), key=lambda p: p.stat().st_mtime) if Path("runs").is_dir() else []
+        runs = (
+            sorted((p for p in Path("runs").glob("*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
+            if Path("runs").is_dir()
+            else []
+        )
         runs = [r for r in runs if find_best(r) or step_checkpoints(r)]
         if not runs:
             raise UserError("no checkpoint given and no run under ./runs; pass a run folder or a checkpoint folder")

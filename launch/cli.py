@@ -17,8 +17,16 @@ import click
 
 from .checkpoint import resolve_weights
 from .config import (
-    RUN_CONFIG_NAME, TrainConfig, choices_of, flag_of, for_next_session, get_path, leaf_fields, replace_paths,
-    saved_run_config, smoke_config,
+    RUN_CONFIG_NAME,
+    TrainConfig,
+    choices_of,
+    flag_of,
+    for_next_session,
+    get_path,
+    leaf_fields,
+    replace_paths,
+    saved_run_config,
+    smoke_config,
 )
 from .errors import USER_ERRORS, UserError
 from .runtime import TrainingInterrupted, default_batch_size, rank_prefix, rank_print, resolve_device
@@ -38,8 +46,11 @@ def user_errors_exit(fn):
             click.echo(f"{rank_prefix()}{e}", err=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:  # a second Ctrl-C: stop now, without saving
-            click.echo(f"{rank_prefix()}interrupted twice: stopped at once without saving; "
-                       "continue from the last checkpoint with --resume auto", err=True)
+            click.echo(
+                f"{rank_prefix()}interrupted twice: stopped at once without saving; "
+                "continue from the last checkpoint with --resume auto",
+                err=True,
+            )
             sys.exit(130)
 
     return wrapper
@@ -50,7 +61,9 @@ def user_errors_exit(fn):
 # ---------------------------------------------------------------------------------------------
 def _without_none(annotation):
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    return args[0] if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1 else annotation
+    return (
+        args[0] if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1 else annotation
+    )
 
 
 def _click_option(dotted: str, f, annotation, default, show_default: bool):
@@ -73,9 +86,11 @@ def _click_option(dotted: str, f, annotation, default, show_default: bool):
 
 def config_options(defaults: TrainConfig, only: tuple[str, ...] | None = None, show_default: bool = True):
     """click options for the config fields (all, or those whose dotted name starts with one of `only`)."""
-    options = [_click_option(dotted, f, annotation, get_path(defaults, dotted), show_default)
-               for dotted, f, annotation in leaf_fields()
-               if only is None or dotted.startswith(only)]
+    options = [
+        _click_option(dotted, f, annotation, get_path(defaults, dotted), show_default)
+        for dotted, f, annotation in leaf_fields()
+        if only is None or dotted.startswith(only)
+    ]
 
     def decorate(fn):
         for option in reversed(options):
@@ -87,8 +102,11 @@ def config_options(defaults: TrainConfig, only: tuple[str, ...] | None = None, s
 
 def given_options(ctx: click.Context, params: dict) -> dict:
     """{"data.source": value, ...} for the config options typed on the command line."""
-    given = {name.replace("__", "."): value for name, value in params.items()
-             if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
+    given = {
+        name.replace("__", "."): value
+        for name, value in params.items()
+        if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
+    }
     if given.get("data.max_samples") == 0:  # 0 on the command line: every story
         given["data.max_samples"] = None
     return given
@@ -101,21 +119,33 @@ def config_from_options(defaults: TrainConfig, ctx: click.Context, params: dict)
     given = given_options(ctx, params)
     base = smoke_config(defaults) if smoke else defaults
     if given.get("resume"):
-        run_dir = (Path(given.get("output_dir", base.output_dir)) if given["resume"] == "auto"
-                   else Path(given["resume"]).parent.parent)
+        run_dir = (
+            Path(given.get("output_dir", base.output_dir))
+            if given["resume"] == "auto"
+            else Path(given["resume"]).parent.parent
+        )
         saved = saved_run_config(run_dir)
         base = for_next_session(saved, defaults) if saved else base
     return replace_paths(base, given)
 
 
-def train_command(defaults: TrainConfig | None = None, name: str = "train", help_text: str | None = None) -> click.Command:
+def train_command(
+    defaults: TrainConfig | None = None, name: str = "train", help_text: str | None = None
+) -> click.Command:
     """A click command that trains with `defaults` (a TrainConfig); recipes call this."""
     defaults = defaults or TrainConfig()
 
-    @click.command(name=name, help=help_text or "Train a GPT on stories (the paper's recipe unless told otherwise).",
-                   context_settings={"show_default": True, "max_content_width": 110})
-    @click.option("--smoke", is_flag=True, help="A one-minute CPU run on the stories shipped with the package: small "
-                  "preset, a few steps, every stage (data, train, eval, checkpoint, samples, curves, summary).")
+    @click.command(
+        name=name,
+        help=help_text or "Train a GPT on stories (the paper's recipe unless told otherwise).",
+        context_settings={"show_default": True, "max_content_width": 110},
+    )
+    @click.option(
+        "--smoke",
+        is_flag=True,
+        help="A one-minute CPU run on the stories shipped with the package: small "
+        "preset, a few steps, every stage (data, train, eval, checkpoint, samples, curves, summary).",
+    )
     @config_options(defaults)
     @click.pass_context
     @user_errors_exit
@@ -138,10 +168,14 @@ cli.add_command(train_command())
 @cli.command(context_settings={"show_default": True})
 @click.argument("checkpoint", required=False)
 @click.option("--prompt", "-p", default="Once upon a time", help="Text to continue.")
-@click.option("--max-tokens", type=int, default=300, help="New tokens at most (generation also stops at <|endoftext|>).")
+@click.option(
+    "--max-tokens", type=int, default=300, help="New tokens at most (generation also stops at <|endoftext|>)."
+)
 @click.option("--temperature", type=float, default=1.0, help="Sampling temperature (> 0).")
 @click.option("--top-k", type=int, default=40, help="Sample among the k most likely tokens (0: no limit).")
-@click.option("--top-p", type=float, default=0.95, help="Sample within the smallest set of tokens holding this probability.")
+@click.option(
+    "--top-p", type=float, default=0.95, help="Sample within the smallest set of tokens holding this probability."
+)
 @click.option("--greedy", is_flag=True, help="Always take the most likely token (ignores temperature, top-k, top-p).")
 @click.option("--seed", type=int, default=None, help="Seed for repeatable samples [default: random].")
 @click.option("--num-samples", "-n", type=int, default=1, help="Stories per prompt.")
@@ -169,8 +203,13 @@ def generate(checkpoint, prompt, max_tokens, temperature, top_k, top_p, greedy, 
         for n in range(num_samples):
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             click.echo(text, nl=False)
-            options = dict(temperature=temperature, top_k=top_k or None, top_p=top_p, greedy=greedy,
-                           seed=None if seed is None else seed + n)
+            options = dict(
+                temperature=temperature,
+                top_k=top_k or None,
+                top_p=top_p,
+                greedy=greedy,
+                seed=None if seed is None else seed + n,
+            )
             for token in generate_stream(model, ids, max_tokens, **options):
                 if token != tokenizer.eot_id:
                     click.echo(decoder.decode(tokenizer.decode_bytes([token])), nl=False)
@@ -218,8 +257,13 @@ def prepare(ctx, **params):
 
 @cli.command()
 @click.argument("checkpoint", required=False)
-@click.option("--split", type=click.Choice(["train", "validation", "test", "all"]), default="test", show_default=True,
-              help="Which split of the data (cut as in training); 'all' measures every story.")
+@click.option(
+    "--split",
+    type=click.Choice(["train", "validation", "test", "all"]),
+    default="test",
+    show_default=True,
+    help="Which split of the data (cut as in training); 'all' measures every story.",
+)
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Rows per process per batch.")
 @click.option("--max-batches", type=int, default=None, help="Measure at most N batches per process [default: all].")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write the metrics as JSON here.")
@@ -243,20 +287,37 @@ def evaluate(ctx, checkpoint, split, batch_size, max_batches, json_out, **params
     folder = resolve_weights(checkpoint)
     run_config = saved_run_config(folder.parent.parent)
     cfg = replace_paths(run_config or TrainConfig(), given_options(ctx, params))
-    accelerator.print(f"evaluate: data settings from {folder.parent.parent / RUN_CONFIG_NAME if run_config else 'the paper recipe'}"
-                      ", changed by the flags given")
+    accelerator.print(
+        f"evaluate: data settings from {folder.parent.parent / RUN_CONFIG_NAME if run_config else 'the paper recipe'}"
+        ", changed by the flags given"
+    )
     model = load_pretrained(folder).to(accelerator.device)
     prepared = prepare_data(cfg.data, cfg.seed, log=accelerator.print, say=rank_print)
     chosen = concat_splits(prepared.splits.values()) if split == "all" else prepared.splits[split]
-    loader = accelerator.prepare(make_dataloader(make_dataset(chosen, model.config.context_length, cfg.layout),
-                                                 batch_size, cfg.seed, shuffle=False, drop_last=False))
+    loader = accelerator.prepare(
+        make_dataloader(
+            make_dataset(chosen, model.config.context_length, cfg.layout),
+            batch_size,
+            cfg.seed,
+            shuffle=False,
+            drop_last=False,
+        )
+    )
     metrics = run_evaluation(model, loader, accelerator, max_batches, desc=f"evaluate {split}")
-    result = {"checkpoint": str(folder), "data": cfg.data.source, "split": split, "layout": cfg.layout,
-              "processes": accelerator.num_processes, **metrics}
+    result = {
+        "checkpoint": str(folder),
+        "data": cfg.data.source,
+        "split": split,
+        "layout": cfg.layout,
+        "processes": accelerator.num_processes,
+        **metrics,
+    }
     if accelerator.is_main_process:
-        click.echo(f"{split}: loss {metrics['loss']:.4f}  perplexity {metrics['perplexity']:.3f}  "
-                   f"accuracy {metrics['accuracy']:.4f}  over {metrics['tokens']:,} target tokens "
-                   f"({accelerator.num_processes} process(es))")
+        click.echo(
+            f"{split}: loss {metrics['loss']:.4f}  perplexity {metrics['perplexity']:.3f}  "
+            f"accuracy {metrics['accuracy']:.4f}  over {metrics['tokens']:,} target tokens "
+            f"({accelerator.num_processes} process(es))"
+        )
         if json_out:
             Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
     # Tear the process group down on every rank together: a rank that exits while another still
@@ -269,8 +330,12 @@ def evaluate(ctx, checkpoint, split, batch_size, max_batches, json_out, **params
 @click.argument("checkpoint", required=False)
 @click.option("--preset", default=None, help="Describe a preset instead of a checkpoint.")
 @click.option("--batch-size", type=int, default=None, help="Batch for the timing [default: 4 on GPU, 2 on CPU].")
-@click.option("--epoch-tokens", type=int, default=37_800_000,
-              help="Training tokens per epoch for the estimate (paper split: 189,000 stories x ~200 tokens).")
+@click.option(
+    "--epoch-tokens",
+    type=int,
+    default=37_800_000,
+    help="Training tokens per epoch for the estimate (paper split: 189,000 stories x ~200 tokens).",
+)
 @click.option("--measure-steps", type=int, default=3, help="Timed optimizer steps (after two untimed ones).")
 @click.option("--device", default="auto", help="cpu, cuda, ... [default: cuda if available].")
 @user_errors_exit
@@ -293,15 +358,29 @@ def info(checkpoint, preset, batch_size, epoch_tokens, measure_steps, device):
     click.echo(json.dumps(config.to_dict(), indent=2))
     click.echo(f"parameters: {config.num_params():,} (tied embedding {config.vocab_size * config.d_model:,})")
     click.echo(f"training FLOPs per token: {config.flops_per_token():,} ({config.flops_per_token() / 1e6:.0f} MFLOP)")
-    click.echo(f"measured on {dev}: {tokens_per_s:,.0f} tokens/s (batch {batch} x {config.context_length} x accumulation 2, "
-               f"fp32, median of {measure_steps} optimizer steps after 2 untimed)")
+    click.echo(
+        f"measured on {dev}: {tokens_per_s:,.0f} tokens/s (batch {batch} x {config.context_length} x accumulation 2, "
+        f"fp32, median of {measure_steps} optimizer steps after 2 untimed)"
+    )
     click.echo(f"estimated time per epoch of {epoch_tokens:,} tokens: {epoch_tokens / tokens_per_s / 3600:.2f} h")
 
 
 @cli.command(context_settings={"show_default": True})
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["md", "html"]), default="html", help="Markdown (links curves.png) or one self-contained HTML file.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Where to write [default: RUN_DIR/report.md|html].")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["md", "html"]),
+    default="html",
+    help="Markdown (links curves.png) or one self-contained HTML file.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Where to write [default: RUN_DIR/report.md|html].",
+)
 @user_errors_exit
 def report(run_dir, fmt, output):
     """Turn RUN_DIR into a report: config, curves, final metrics, sample stories, hardware, throughput."""
@@ -315,7 +394,9 @@ def report(run_dir, fmt, output):
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--entity", default=None, help="W&B entity (user or team) to publish under [default: the run's, else yours].")
+@click.option(
+    "--entity", default=None, help="W&B entity (user or team) to publish under [default: the run's, else yours]."
+)
 @user_errors_exit
 def share(run_dir, entity):
     """Publish RUN_DIR as a W&B Report: summary, loss/perplexity/accuracy/lr/throughput plots of the keys the run
@@ -330,8 +411,13 @@ def share(run_dir, entity):
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--license", "license_", default="mit", show_default=True,
-              help="Licence of the weights for the model card (the data's CDLA-Sharing-1.0 is stated either way).")
+@click.option(
+    "--license",
+    "license_",
+    default="mit",
+    show_default=True,
+    help="Licence of the weights for the model card (the data's CDLA-Sharing-1.0 is stated either way).",
+)
 @click.option("--push", "repo", default=None, help="Also upload OUT to this Hugging Face Hub repo (user/name).")
 @click.option("--private", is_flag=True, help="With --push: create the repo private.")
 @user_errors_exit
@@ -351,27 +437,68 @@ def export(run_dir, out, license_, repo, private):
 @click.option("--batch-size", type=int, default=None, help="Rows per micro-batch [default: 2 on CPU, 4 on GPU].")
 @click.option("--grad-accum", type=int, default=2, help="Micro-batches per optimizer step.")
 @click.option("--steps", type=int, default=3, help="Timed optimizer steps per implementation and round.")
-@click.option("--warmup", type=int, default=2,
-              help="Untimed optimizer steps first: the first steps pay for page faults and optimizer state.")
+@click.option(
+    "--warmup",
+    type=int,
+    default=2,
+    help="Untimed optimizer steps first: the first steps pay for page faults and optimizer state.",
+)
 @click.option("--rounds", type=int, default=2, help="Interleaved rounds over the implementations; figures are medians.")
 @click.option("--device", default="auto", help="cpu, cuda, ... [default: cuda if available].")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
-              help="Training precision [default: fp32 on CPU, bf16 on GPU].")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16", "fp16"]),
+    default=None,
+    help="Training precision [default: fp32 on CPU, bf16 on GPU].",
+)
 @click.option("--data", default=None, help="Stories whose real lengths are used [default: the shipped smoke stories].")
-@click.option("--baselines/--no-baselines", default=True, help="Also measure (a) the paper's recipe and (b) transformers' GPT-2.")
+@click.option(
+    "--baselines/--no-baselines", default=True, help="Also measure (a) the paper's recipe and (b) transformers' GPT-2."
+)
 @click.option("--gen-tokens", type=int, default=300, help="Tokens generated for the KV-cache comparison.")
 @click.option("--compile", is_flag=True, help="Measure our model under torch.compile.")
-@click.option("--json", "json_out", default=None, help="Also write the figures as one JSON object to this file ('-': stdout only).")
+@click.option(
+    "--json",
+    "json_out",
+    default=None,
+    help="Also write the figures as one JSON object to this file ('-': stdout only).",
+)
 @user_errors_exit
-def bench(preset, batch_size, grad_accum, steps, warmup, rounds, device, precision, data, baselines, gen_tokens, compile, json_out):
+def bench(
+    preset,
+    batch_size,
+    grad_accum,
+    steps,
+    warmup,
+    rounds,
+    device,
+    precision,
+    data,
+    baselines,
+    gen_tokens,
+    compile,
+    json_out,
+):
     """Measure training throughput (useful tokens/s, MFU against the measured matmul peak, peak memory)
     against two baselines in the same run, KV-cache generation speed, and data preparation speed."""
     from .bench.run import format_table, run_bench
 
     quiet = json_out == "-"
-    result = run_bench(preset=preset, batch_size=batch_size, grad_accum=grad_accum, steps=steps, warmup=warmup, device=device,
-                       precision=precision, data=data, baselines=baselines, gen_tokens=gen_tokens, compile=compile,
-                       rounds=rounds, progress=lambda m: click.echo(m, err=True))
+    result = run_bench(
+        preset=preset,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        steps=steps,
+        warmup=warmup,
+        device=device,
+        precision=precision,
+        data=data,
+        baselines=baselines,
+        gen_tokens=gen_tokens,
+        compile=compile,
+        rounds=rounds,
+        progress=lambda m: click.echo(m, err=True),
+    )
     if quiet:
         click.echo(json.dumps(result))
         return

@@ -73,28 +73,45 @@ def validate(config) -> None:
 class DataConfig:
     """Where the stories come from and how they are cut (the data pipeline is `launch.data`)."""
 
-    source: str = setting("roneneldan/TinyStories", "Stories: a Hugging Face hub id, or a local file, folder or glob "
-                          "(.txt with <|endoftext|> separators, .jsonl/.json, .parquet, each optionally .gz).",
-                          flag="--data", on_resume="fixed")
+    source: str = setting(
+        "roneneldan/TinyStories",
+        "Stories: a Hugging Face hub id, or a local file, folder or glob "
+        "(.txt with <|endoftext|> separators, .jsonl/.json, .parquet, each optionally .gz).",
+        flag="--data",
+        on_resume="fixed",
+    )
     text_field: str = setting("text", "Field holding the story text.", on_resume="fixed")
     hub_split: str = setting("train", "Split of a hub dataset to read the stories from.", on_resume="fixed")
     split_mode: Literal["paper", "shuffle", "source"] = setting(
-        "paper", "paper: the first --max-samples stories cut train/validation/test in order; shuffle: the same after "
+        "paper",
+        "paper: the first --max-samples stories cut train/validation/test in order; shuffle: the same after "
         "a shuffle seeded by --seed; source: all train, held-out stories from the hub's validation split or "
-        "--heldout-data.", on_resume="fixed")
-    heldout_source: str | None = setting(None, "Held-out stories for --split-mode source.", flag="--heldout-data",
-                                         on_resume="fixed")
-    max_samples: int | None = setting(270_000, "Use the first N stories of the source (the paper: 270,000). "
-                                      "0 for all.", on_resume="fixed", at_least=3)
+        "--heldout-data.",
+        on_resume="fixed",
+    )
+    heldout_source: str | None = setting(
+        None, "Held-out stories for --split-mode source.", flag="--heldout-data", on_resume="fixed"
+    )
+    max_samples: int | None = setting(
+        270_000, "Use the first N stories of the source (the paper: 270,000). 0 for all.", on_resume="fixed", at_least=3
+    )
     train_fraction: float = setting(0.7, "Share of the stories for training.", on_resume="fixed", above=0)
-    validation_fraction: float = setting(0.2, "Share for validation; the rest is the test split.",
-                                         on_resume="fixed", above=0)
-    min_chars: int = setting(20, "Stories shorter than this many characters are dropped as near-empty.",
-                             on_resume="fixed", at_least=1)
-    cache_dir: str | None = setting(None, "Token cache folder [default: ~/.cache/gpt-launch].", flag="--data-cache",
-                                    on_resume="free")
-    workers: int | None = setting(None, "Tokenizer processes for a first preparation of the data [default: the CPU "
-                                  "cores available].", flag="--data-workers", on_resume="free", at_least=1)
+    validation_fraction: float = setting(
+        0.2, "Share for validation; the rest is the test split.", on_resume="fixed", above=0
+    )
+    min_chars: int = setting(
+        20, "Stories shorter than this many characters are dropped as near-empty.", on_resume="fixed", at_least=1
+    )
+    cache_dir: str | None = setting(
+        None, "Token cache folder [default: ~/.cache/gpt-launch].", flag="--data-cache", on_resume="free"
+    )
+    workers: int | None = setting(
+        None,
+        "Tokenizer processes for a first preparation of the data [default: the CPU cores available].",
+        flag="--data-workers",
+        on_resume="free",
+        at_least=1,
+    )
 
     def __post_init__(self) -> None:
         validate(self)
@@ -116,18 +133,29 @@ class TrainConfig:
     data: DataConfig = setting(help="The stories.", factory=DataConfig, on_resume="fixed")
     # ---- model ----
     preset: str = setting("paper", "Model shape: paper, paper-preln, small, tiny.", on_resume="fixed")
-    model_config_file: str | None = setting(None, "A model config JSON (fields as in a checkpoint's config.json); "
-                                            "replaces --preset.", flag="--model-config", on_resume="fixed")
-    norm: Literal["post", "pre"] | None = setting(None, "LayerNorm placement; post is the paper's, pre trains more "
-                                                  "stably [default: the preset's].", on_resume="fixed")
-    dropout: float | None = setting(None, "Dropout [default: the preset's, 0.1 for paper].", on_resume="fixed",
-                                    at_least=0)
+    model_config_file: str | None = setting(
+        None,
+        "A model config JSON (fields as in a checkpoint's config.json); replaces --preset.",
+        flag="--model-config",
+        on_resume="fixed",
+    )
+    norm: Literal["post", "pre"] | None = setting(
+        None,
+        "LayerNorm placement; post is the paper's, pre trains more stably [default: the preset's].",
+        on_resume="fixed",
+    )
+    dropout: float | None = setting(
+        None, "Dropout [default: the preset's, 0.1 for paper].", on_resume="fixed", at_least=0
+    )
     # ---- batches ----
     layout: Literal["packed", "padded"] = setting(
-        "packed", "packed: stories concatenated into full rows (no padding); padded: one story per row (the paper's).",
-        on_resume="fixed")
-    batch_size: int | None = setting(None, "Rows per process per micro-batch [default: 4 on GPU, 2 on CPU].",
-                                     on_resume="fixed", at_least=1)
+        "packed",
+        "packed: stories concatenated into full rows (no padding); padded: one story per row (the paper's).",
+        on_resume="fixed",
+    )
+    batch_size: int | None = setting(
+        None, "Rows per process per micro-batch [default: 4 on GPU, 2 on CPU].", on_resume="fixed", at_least=1
+    )
     grad_accum: int = setting(8, "Micro-batches per optimizer step.", on_resume="fixed", at_least=1)
     # ---- optimizer and schedule ----
     epochs: int = setting(10, "Maximum epochs (early stopping may end sooner).", at_least=1)
@@ -138,51 +166,74 @@ class TrainConfig:
     grad_clip: float = setting(1.0, "Clip the gradient norm to this value.", above=0)
     # The run's planned length (the LR schedule spans it): epochs, cut by these if given.
     max_steps: int | None = setting(None, "Cap the run at N optimizer steps (the schedule spans the cap).", at_least=1)
-    max_tokens: int | None = setting(None, "Cap the run at N training tokens (the schedule spans the cap).",
-                                     at_least=1)
+    max_tokens: int | None = setting(None, "Cap the run at N training tokens (the schedule spans the cap).", at_least=1)
     # ---- evaluation and early stopping ----
-    eval_every: int | None = setting(None, "Also validate every N optimizer steps (always at each epoch end).",
-                                     at_least=1)
+    eval_every: int | None = setting(
+        None, "Also validate every N optimizer steps (always at each epoch end).", at_least=1
+    )
     eval_batches: int | None = setting(None, "Validate on at most N batches per process [default: all].", at_least=1)
-    test_batches: int | None = setting(None, "Test on at most N batches per process at the end [default: all].",
-                                       on_resume="free", at_least=1)
+    test_batches: int | None = setting(
+        None, "Test on at most N batches per process at the end [default: all].", on_resume="free", at_least=1
+    )
     patience: int = setting(3, "Early stopping: evaluations without improvement.", at_least=1)
     # ---- this session: pauses, logging, checkpoints ----
-    max_minutes: float | None = setting(None, "Pause after N minutes with a checkpoint; --resume auto continues.",
-                                        on_resume="session", above=0)
-    stop_after_steps: int | None = setting(None, "Pause after N optimizer steps this session; --resume auto "
-                                           "continues.", on_resume="session", at_least=1)
+    max_minutes: float | None = setting(
+        None, "Pause after N minutes with a checkpoint; --resume auto continues.", on_resume="session", above=0
+    )
+    stop_after_steps: int | None = setting(
+        None, "Pause after N optimizer steps this session; --resume auto continues.", on_resume="session", at_least=1
+    )
     log_every: int = setting(10, "Log (and read the loss back) every N optimizer steps.", on_resume="free", at_least=1)
-    save_every: int | None = setting(None, "Also checkpoint every N optimizer steps (always at each epoch end).",
-                                     on_resume="free", at_least=1)
+    save_every: int | None = setting(
+        None, "Also checkpoint every N optimizer steps (always at each epoch end).", on_resume="free", at_least=1
+    )
     keep_last: int = setting(2, "Step checkpoints to keep (the best one is kept apart).", on_resume="free", at_least=1)
-    output_dir: str = setting("runs/tinystories", "Run folder: checkpoints, metrics.jsonl, curves.png, summary.json.",
-                              on_resume="free")
-    resume: str | None = setting(None, "Continue from a checkpoints/step-N folder, or 'auto' for this run's newest; "
-                                 "the run's saved settings apply, changed only by the flags given.", on_resume="free")
-    allow_changes: bool = setting(False, "On --resume, accept changes to settings that break exact continuation "
-                                  "(data, model, batch, seed).", on_resume="session")
+    output_dir: str = setting(
+        "runs/tinystories", "Run folder: checkpoints, metrics.jsonl, curves.png, summary.json.", on_resume="free"
+    )
+    resume: str | None = setting(
+        None,
+        "Continue from a checkpoints/step-N folder, or 'auto' for this run's newest; "
+        "the run's saved settings apply, changed only by the flags given.",
+        on_resume="free",
+    )
+    allow_changes: bool = setting(
+        False,
+        "On --resume, accept changes to settings that break exact continuation (data, model, batch, seed).",
+        on_resume="session",
+    )
     # ---- tracking ----
     tracker: Literal["none", "wandb", "tensorboard"] = setting(
-        "none", "wandb (honours WANDB_MODE=offline) or tensorboard; metrics.jsonl is always written.",
-        on_resume="free")
+        "none", "wandb (honours WANDB_MODE=offline) or tensorboard; metrics.jsonl is always written.", on_resume="free"
+    )
     project: str = setting("gpt-launch", "W&B / TensorBoard project name.", on_resume="free")
-    run_name: str | None = setting(None, "Run name for the tracker [default: the output folder's name].",
-                                   on_resume="free")
+    run_name: str | None = setting(
+        None, "Run name for the tracker [default: the output folder's name].", on_resume="free"
+    )
     log_checkpoint: bool = setting(False, "Upload the best checkpoint to W&B as an artifact.", on_resume="free")
     # ---- the rest ----
-    seed: int = setting(1234, "The one seed: weights, the shuffled split, batch order, dropout and samples.",
-                        on_resume="fixed")
+    seed: int = setting(
+        1234, "The one seed: weights, the shuffled split, batch order, dropout and samples.", on_resume="fixed"
+    )
     mixed_precision: Literal["no", "fp16", "bf16"] | None = setting(
-        None, "Override the Accelerate config's precision [default: as launched; fp32 on CPU].")
+        None, "Override the Accelerate config's precision [default: as launched; fp32 on CPU]."
+    )
     compile: bool = setting(False, "torch.compile the model (faster on GPU after a warm-up).", on_resume="free")
     collective_timeout: float = setting(
-        1800, "Seconds a process waits for the others in one collective (gradient all-reduce, barrier, the first "
+        1800,
+        "Seconds a process waits for the others in one collective (gradient all-reduce, barrier, the first "
         "data build) before it gives up with an error naming its rank; a hung peer then ends the run instead of "
-        "hanging it.", on_resume="free", above=0)
+        "hanging it.",
+        on_resume="free",
+        above=0,
+    )
     sample_tokens: int = setting(300, "Length of the sample stories at the end.", on_resume="free", at_least=0)
-    prompts: tuple[str, ...] = setting(PAPER_PROMPTS, "Prompts for the sample stories at the end (repeat the flag "
-                                       "for several).", flag="--prompt", on_resume="free")
+    prompts: tuple[str, ...] = setting(
+        PAPER_PROMPTS,
+        "Prompts for the sample stories at the end (repeat the flag for several).",
+        flag="--prompt",
+        on_resume="free",
+    )
 
     def __post_init__(self) -> None:
         validate(self)
@@ -201,8 +252,9 @@ class TrainConfig:
     def from_dict(cls, saved: dict) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in saved.items() if k in known}
-        values["data"] = DataConfig(**{k: v for k, v in saved.get("data", {}).items()
-                                       if k in {f.name for f in dataclasses.fields(DataConfig)}})
+        values["data"] = DataConfig(
+            **{k: v for k, v in saved.get("data", {}).items() if k in {f.name for f in dataclasses.fields(DataConfig)}}
+        )
         for name in ("betas", "prompts"):
             if name in values:
                 values[name] = tuple(values[name])
@@ -229,8 +281,18 @@ def smoke_config(base: TrainConfig | None = None) -> TrainConfig:
     """The `--smoke` run: a small model, the shipped stories, a few steps; every stage exercised."""
     base = base or TrainConfig()
     return dataclasses.replace(
-        base, data=dataclasses.replace(base.data, source=str(SMOKE_DATA)), preset="small", batch_size=2, grad_accum=2,
-        epochs=8, max_steps=32, warmup_steps=4, lr=3e-3, log_every=2, eval_every=6, sample_tokens=40,
+        base,
+        data=dataclasses.replace(base.data, source=str(SMOKE_DATA)),
+        preset="small",
+        batch_size=2,
+        grad_accum=2,
+        epochs=8,
+        max_steps=32,
+        warmup_steps=4,
+        lr=3e-3,
+        log_every=2,
+        eval_every=6,
+        sample_tokens=40,
         output_dir="runs/smoke",
     )
 
@@ -271,8 +333,10 @@ def replace_paths(config, changes: dict):
 
 def for_next_session(saved: TrainConfig, defaults: TrainConfig) -> TrainConfig:
     """A run's saved settings, with the ones that belong to a single session back at their defaults."""
-    return replace_paths(saved, {dotted: get_path(defaults, dotted) for dotted, f, _ in leaf_fields()
-                                 if f.metadata["on_resume"] == "session"})
+    return replace_paths(
+        saved,
+        {dotted: get_path(defaults, dotted) for dotted, f, _ in leaf_fields() if f.metadata["on_resume"] == "session"},
+    )
 
 
 def resume_changes(saved: TrainConfig, now: TrainConfig) -> dict[str, list[str]]:

@@ -5,7 +5,6 @@ prints its one-line message and exits with status 2.  Anything else is a bug and
 """
 
 
-
 class UserError(Exception):
     """A problem in the user's input or environment; the message names it and the fix."""
 

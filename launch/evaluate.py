@@ -26,8 +26,15 @@ def evaluate(model, dataloader, accelerator, max_batches: int | None = None, des
         from tqdm.auto import tqdm
 
         total = len(dataloader) if max_batches is None else min(max_batches, len(dataloader))
-        batches = tqdm(batches, total=total, desc=desc, unit="batch", dynamic_ncols=True, leave=False,
-                       disable=not accelerator.is_local_main_process)
+        batches = tqdm(
+            batches,
+            total=total,
+            desc=desc,
+            unit="batch",
+            dynamic_ncols=True,
+            leave=False,
+            disable=not accelerator.is_local_main_process,
+        )
     for x, y in batches:
         with accelerator.autocast():
             _, rows = model(x, y, measure=True)  # (batch, 3): loss sum, correct, tokens per row

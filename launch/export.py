@@ -23,8 +23,13 @@ from . import checkpoint as ckpt
 from .errors import UserError
 from .report import load_summary, markdown_table, summary_rows
 
-TOKENIZER_CONFIG = {"tokenizer": "gpt2", "implementation": "tiktoken", "vocab_size": 50257,
-                    "eot_token": "<|endoftext|>", "eot_token_id": EOT_ID}
+TOKENIZER_CONFIG = {
+    "tokenizer": "gpt2",
+    "implementation": "tiktoken",
+    "vocab_size": 50257,
+    "eot_token": "<|endoftext|>",
+    "eot_token_id": EOT_ID,
+}
 HUB_DATASET = "roneneldan/TinyStories"
 DATA_LICENCE = "CDLA-Sharing-1.0"
 
@@ -44,7 +49,9 @@ def export_model(run_dir: Path, out: Path, license: str = "mit") -> Path:
     (partial / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2) + "\n")
     if (run_dir / "curves.png").exists():
         shutil.copyfile(run_dir / "curves.png", partial / "curves.png")
-    (partial / "README.md").write_text(model_card(summary, out.name, license, with_curves=(partial / "curves.png").exists()))
+    (partial / "README.md").write_text(
+        model_card(summary, out.name, license, with_curves=(partial / "curves.png").exists())
+    )
     if out.exists():
         out.rmdir()  # empty, checked above
     os.replace(partial, out)
@@ -54,18 +61,35 @@ def export_model(run_dir: Path, out: Path, license: str = "mit") -> Path:
 def _card_metadata(summary: dict, name: str, license: str) -> dict:
     test, source = summary.get("test") or {}, summary["config"]["data"]["source"]
     from_tinystories = "tinystories" in source.lower() or "smoke_stories" in source
-    metrics = [{"type": "perplexity", "value": round(test["perplexity"], 4), "name": "test perplexity"},
-               {"type": "accuracy", "value": round(test["accuracy"], 4), "name": "test next-token accuracy"},
-               {"type": "loss", "value": round(test["loss"], 4), "name": "test cross-entropy (nats/token)"}]
-    dataset = {"type": HUB_DATASET if from_tinystories else source, "name": "TinyStories" if from_tinystories else source,
-               "split": f"test ({summary['config']['data']['split_mode']} split of {source})"}
+    metrics = [
+        {"type": "perplexity", "value": round(test["perplexity"], 4), "name": "test perplexity"},
+        {"type": "accuracy", "value": round(test["accuracy"], 4), "name": "test next-token accuracy"},
+        {"type": "loss", "value": round(test["loss"], 4), "name": "test cross-entropy (nats/token)"},
+    ]
+    dataset = {
+        "type": HUB_DATASET if from_tinystories else source,
+        "name": "TinyStories" if from_tinystories else source,
+        "split": f"test ({summary['config']['data']['split_mode']} split of {source})",
+    }
     metadata = {
-        "language": ["en"], "license": license, "library_name": "pytorch", "pipeline_tag": "text-generation",
+        "language": ["en"],
+        "license": license,
+        "library_name": "pytorch",
+        "pipeline_tag": "text-generation",
         "tags": ["gpt2", "causal-lm", "tinystories", "gpt-launch"],
         "metrics": ["perplexity", "accuracy"],
-        "model-index": [{"name": name, "results": [{
-            "task": {"type": "text-generation", "name": "Causal language modeling"},
-            "dataset": dataset, "metrics": metrics}]}],
+        "model-index": [
+            {
+                "name": name,
+                "results": [
+                    {
+                        "task": {"type": "text-generation", "name": "Causal language modeling"},
+                        "dataset": dataset,
+                        "metrics": metrics,
+                    }
+                ],
+            }
+        ],
     }
     if from_tinystories:
         metadata["datasets"] = [HUB_DATASET]
@@ -80,34 +104,55 @@ def model_card(summary: dict, name: str, license: str = "mit", with_curves: bool
     source = cfg["data"]["source"]
     samples = [f"> **{s['prompt']}**{s['text']}".replace("\n", "\n> ") for s in summary.get("samples", [])]
     lines = [
-        "---", yaml.safe_dump(_card_metadata(summary, name, license), sort_keys=False).rstrip(), "---", "",
-        f"# {name}", "",
+        "---",
+        yaml.safe_dump(_card_metadata(summary, name, license), sort_keys=False).rstrip(),
+        "---",
+        "",
+        f"# {name}",
+        "",
         f"A {m['parameters'] / 1e6:.1f}M-parameter GPT-2-style language model trained from scratch on short stories "
-        f"with gpt-launch (the `gpt_core` model in plain PyTorch, trained by a Hugging Face Accelerate loop).", "",
-        "## Architecture", "",
+        f"with gpt-launch (the `gpt_core` model in plain PyTorch, trained by a Hugging Face Accelerate loop).",
+        "",
+        "## Architecture",
+        "",
         f"{m['n_layer']} decoder layers, {m['n_head']} heads, d_model {m['d_model']}, feed-forward {m['d_ff']} with GELU, "
         f"sinusoidal positions, {m['norm']}-LayerNorm with residuals, dropout {m['dropout']}, context {m['context_length']} "
         f"tokens, GPT-2 BPE vocabulary ({m['vocab_size']:,} tokens) with the output layer tied to the embedding "
-        f"(preset `{m.get('preset') or 'custom'}`).", "",
-        "## Data", "",
+        f"(preset `{m.get('preset') or 'custom'}`).",
+        "",
+        "## Data",
+        "",
         f"Source: `{source}`, {cfg['data']['split_mode']} split "
         f"({cfg['data']['train_fraction']:.0%} train / {cfg['data']['validation_fraction']:.0%} validation / rest test).",
         "",
-        *[f"- {split}: {v['stories']:,} stories, {v['tokens']:,} tokens" for split, v in summary["data"].get("splits", {}).items()],
+        *[
+            f"- {split}: {v['stories']:,} stories, {v['tokens']:,} tokens"
+            for split, v in summary["data"].get("splits", {}).items()
+        ],
         "",
         f"TinyStories (Eldan & Li, 2023, [{HUB_DATASET}](https://huggingface.co/datasets/{HUB_DATASET})) is released "
-        f"under the {DATA_LICENCE} licence; text derived from it must keep that licence.", "",
-        "## Training recipe", "",
+        f"under the {DATA_LICENCE} licence; text derived from it must keep that licence.",
+        "",
+        "## Training recipe",
+        "",
         f"AdamW (lr {cfg['lr']}, betas {tuple(cfg['betas'])}, weight decay {cfg['weight_decay']}), {cfg['warmup_steps']} warmup "
         f"steps then cosine decay to 0, gradient clipping at {cfg['grad_clip']}, batch {cfg['batch_size']} x {cfg['grad_accum']} accumulation per process, up to "
-        f"{cfg['epochs']} epochs with early stopping (patience {cfg['patience']}), seed {cfg['seed']}.", "",
-        "## Results", "",
+        f"{cfg['epochs']} epochs with early stopping (patience {cfg['patience']}), seed {cfg['seed']}.",
+        "",
+        "## Results",
+        "",
         "Test metrics are measured with the best validation weights, over real target tokens only (padding is never "
-        "counted); perplexity is exp of the mean token loss.", "",
-        *markdown_table(summary_rows(summary)), "",
+        "counted); perplexity is exp of the mean token loss.",
+        "",
+        *markdown_table(summary_rows(summary)),
+        "",
         *(["![training curves](curves.png)", ""] if with_curves else []),
-        "## Sample stories", "", *("\n\n".join(samples) or "(none)").splitlines(), "",
-        "## How to load it", "",
+        "## Sample stories",
+        "",
+        *("\n\n".join(samples) or "(none)").splitlines(),
+        "",
+        "## How to load it",
+        "",
         "```python",
         "from gpt_core import generate, get_tokenizer, load_pretrained",
         "",
@@ -115,9 +160,11 @@ def model_card(summary: dict, name: str, license: str = "mit", with_curves: bool
         "tokenizer = get_tokenizer()",
         'ids = generate(model, tokenizer.encode("Once upon a time"), 200)',
         "print(tokenizer.decode(ids))",
-        "```", "",
+        "```",
+        "",
         "`config.json` holds the model's shape and `model.safetensors` its weights (the tied output layer is stored "
-        "once, as `embed.weight`).", "",
+        "once, as `embed.weight`).",
+        "",
     ]
     return "\n".join(lines)
 
@@ -130,18 +177,24 @@ def push_to_hub(folder: Path, repo: str, private: bool = False) -> str:
     except ImportError:
         raise UserError("--push needs huggingface_hub: pip install huggingface_hub") from None
     if constants.HF_HUB_OFFLINE:
-        raise UserError(f"HF_HUB_OFFLINE is set, so nothing was uploaded; {folder} is complete: unset it and run "
-                        f"`hf upload {repo} {folder}`")
+        raise UserError(
+            f"HF_HUB_OFFLINE is set, so nothing was uploaded; {folder} is complete: unset it and run "
+            f"`hf upload {repo} {folder}`"
+        )
     if not huggingface_hub.get_token():
-        raise UserError(f"no Hugging Face token: run `hf auth login` (or set HF_TOKEN), then "
-                        f"`hf upload {repo} {folder}`; {folder} is complete")
+        raise UserError(
+            f"no Hugging Face token: run `hf auth login` (or set HF_TOKEN), then "
+            f"`hf upload {repo} {folder}`; {folder} is complete"
+        )
     api = huggingface_hub.HfApi()
     try:
         api.create_repo(repo, repo_type="model", private=private, exist_ok=True)
-        commit = api.upload_folder(folder_path=str(folder), repo_id=repo, repo_type="model",
-                                   commit_message="gpt-launch export")
+        commit = api.upload_folder(
+            folder_path=str(folder), repo_id=repo, repo_type="model", commit_message="gpt-launch export"
+        )
     except Exception as e:  # network, auth and permission errors all end the same way: nothing lost
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise UserError(f"upload to {repo} failed ({first}); {folder} is complete: retry with "
-                        f"`hf upload {repo} {folder}`") from None
+        raise UserError(
+            f"upload to {repo} failed ({first}); {folder} is complete: retry with `hf upload {repo} {folder}`"
+        ) from None
     return getattr(commit, "commit_url", None) or f"https://huggingface.co/{repo}"

@@ -22,7 +22,9 @@ def plot_curves(records: list[dict], path: Path) -> Path:
     evals = [r for r in records if r["kind"] == "eval"]
     epoch_end = [r for r in evals if r.get("epoch_end")]
     fig, axes = plt.subplots(3, 2, figsize=(11, 10), constrained_layout=True)
-    for row, (metric, label) in enumerate([("loss", "loss"), ("perplexity", "perplexity"), ("accuracy", "token accuracy")]):
+    for row, (metric, label) in enumerate(
+        [("loss", "loss"), ("perplexity", "perplexity"), ("accuracy", "token accuracy")]
+    ):
         by_step, by_epoch = axes[row]
         if train and metric in train[0]:
             by_step.plot([r["step"] for r in train], [r[metric] for r in train], label="train", alpha=0.8)
@@ -35,7 +37,9 @@ def plot_curves(records: list[dict], path: Path) -> Path:
                 train_epochs.setdefault(r["epoch"] + 1, []).append(r.get(metric))
             xs = [e for e, v in train_epochs.items() if None not in v]
             if xs:
-                by_epoch.plot(xs, [sum(train_epochs[e]) / len(train_epochs[e]) for e in xs], "s--", label="train (mean)")
+                by_epoch.plot(
+                    xs, [sum(train_epochs[e]) / len(train_epochs[e]) for e in xs], "s--", label="train (mean)"
+                )
         if metric == "perplexity":
             by_step.set_yscale("log"), by_epoch.set_yscale("log")
         by_step.set(xlabel="optimizer step", ylabel=label, title=f"{label} by step")
@@ -69,10 +73,14 @@ def summary_rows(s: dict) -> list[tuple[str, str]]:
         ("stop reason", s["stop_reason"]),
         ("optimizer steps", str(s["steps"])),
         ("tokens trained", f"{s['tokens']:,}"),
-        ("best validation loss / perplexity / accuracy",
-         f"{_fmt(best.get('loss'))} / {_fmt(best.get('perplexity'), 2)} / {_fmt(best.get('accuracy'))}"),
-        ("test loss / perplexity / accuracy",
-         f"{_fmt(test.get('loss'))} / {_fmt(test.get('perplexity'), 2)} / {_fmt(test.get('accuracy'))}"),
+        (
+            "best validation loss / perplexity / accuracy",
+            f"{_fmt(best.get('loss'))} / {_fmt(best.get('perplexity'), 2)} / {_fmt(best.get('accuracy'))}",
+        ),
+        (
+            "test loss / perplexity / accuracy",
+            f"{_fmt(test.get('loss'))} / {_fmt(test.get('perplexity'), 2)} / {_fmt(test.get('accuracy'))}",
+        ),
         ("throughput (tokens/s)", f"{s['throughput_tokens_per_s']:,.0f}"),
         ("hardware", f"{hardware['device']}, {hardware['processes']} process(es), mixed precision {precision}"),
         ("wall time", f"{s['elapsed_seconds'] / 60:.1f} min"),
@@ -94,8 +102,18 @@ def render_report(run_dir: Path, fmt: str = "md") -> str:
     title = f"Run report: {run_dir.name}"
     config_json = json.dumps(s["config"], indent=2)
     if fmt == "md":
-        lines = [f"# {title}", "", *markdown_table(rows), "",
-                 "## Training curves", "", f"![training curves]({curves.name})", "", "## Sample stories", ""]
+        lines = [
+            f"# {title}",
+            "",
+            *markdown_table(rows),
+            "",
+            "## Training curves",
+            "",
+            f"![training curves]({curves.name})",
+            "",
+            "## Sample stories",
+            "",
+        ]
         for sample in s.get("samples", []):
             lines += [f"**{sample['prompt']}**{sample['text']}", ""]
         lines += ["## Config", "", "```json", config_json, "```", ""]

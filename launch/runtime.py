@@ -24,7 +24,7 @@ class TrainingInterrupted(Exception):
 
 
 def rank_prefix() -> str:
-    """"[rank N] " in a multi-process run (the launcher sets RANK and WORLD_SIZE), else ""."""
+    """ "[rank N] " in a multi-process run (the launcher sets RANK and WORLD_SIZE), else ""."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return f"[rank {os.environ.get('RANK', '0')}] " if world > 1 else ""
 
@@ -125,20 +125,29 @@ def check_elastic_launch() -> None:
     """torchrun's restarts (`--max_restarts`) reuse the rendezvous store, and with it the previous
     attempt's addresses: the restarted group then fails to connect (gloo) or hangs. Found here with
     torch 2.13; pytorch/pytorch#135712 names the cause and the switch that avoids it."""
-    if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0 and \
-            os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE") != "1":
-        raise UserError("--max_restarts needs TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in the launcher's environment, or "
-                        "the restarted processes cannot reconnect: `export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`, "
-                        "then launch again")
+    if (
+        int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0
+        and os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE") != "1"
+    ):
+        raise UserError(
+            "--max_restarts needs TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in the launcher's environment, or "
+            "the restarted processes cannot reconnect: `export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`, "
+            "then launch again"
+        )
 
 
 TIMED_OUT = "a collective operation timed out: another process stopped responding"
 COLLECTIVE_FAILURES = (  # what gloo/NCCL say -> what happened, for a one-line message; first match wins
-    (("connectfullmesh failed",), "could not connect to the other processes (one is down, or a restart reused a "
-                                  "stale rendezvous: see TORCH_DISABLE_SHARE_RDZV_TCP_STORE in README)"),
+    (
+        ("connectfullmesh failed",),
+        "could not connect to the other processes (one is down, or a restart reused a "
+        "stale rendezvous: see TORCH_DISABLE_SHARE_RDZV_TCP_STORE in README)",
+    ),
     (("timed out", "timeout"), TIMED_OUT),
-    (("connection closed by peer", "connection reset by peer"),
-     "lost the connection to another process (it probably crashed: see its log)"),
+    (
+        ("connection closed by peer", "connection reset by peer"),
+        "lost the connection to another process (it probably crashed: see its log)",
+    ),
 )
 
 
@@ -148,9 +157,11 @@ def collective_failure(error: BaseException, timeout_s: float) -> UserError | No
     for needles, what in COLLECTIVE_FAILURES:
         if any(needle in text for needle in needles):
             waited = f" (--collective-timeout {timeout_s:g} s)" if what is TIMED_OUT else ""
-            return UserError(f"{what}{waited}; this process (rank {os.environ.get('RANK', '0')}) stops. Continue from "
-                             "the last checkpoint with --resume auto (or launch with --max_restarts to do it "
-                             "automatically)")
+            return UserError(
+                f"{what}{waited}; this process (rank {os.environ.get('RANK', '0')}) stops. Continue from "
+                "the last checkpoint with --resume auto (or launch with --max_restarts to do it "
+                "automatically)"
+            )
     return None
 
 
@@ -177,8 +188,10 @@ def make_accelerator(collective_timeout_s: float = 1800, **kwargs):
         if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
             # Accelerate turns FSDP on only over a GPU-like process group; on CPUs every rank would
             # silently train alone (distributed type NO). Checked with accelerate 1.15.
-            raise UserError("FSDP runs only on GPUs under Accelerate: on CPUs use DDP (launch/multi_gpu.yaml with "
-                            "--mixed_precision no) or DeepSpeed ZeRO-3 (launch/deepspeed_zero3.yaml), which also shards")
+            raise UserError(
+                "FSDP runs only on GPUs under Accelerate: on CPUs use DDP (launch/multi_gpu.yaml with "
+                "--mixed_precision no) or DeepSpeed ZeRO-3 (launch/deepspeed_zero3.yaml), which also shards"
+            )
         if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
             PartialState(backend="gloo", timeout=timeout)
         else:

@@ -57,11 +57,11 @@ def wandb_records(path: Path):
     block, position, pieces = 32768, 7, []
     while position + 7 <= len(data):
         left = block - position % block
-        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
         if left < 7 or (kind == 0 and length == 0):  # block trailer or padding
             position += left
             continue
-        pieces.append(data[position + 7:position + 7 + length])
+        pieces.append(data[position + 7 : position + 7 + length])
         position += 7 + length
         if kind in (1, 4):  # a whole record, or the last fragment of one
             record = wandb_internal_pb2.Record()
@@ -110,10 +110,14 @@ def report_spec(run_dir: Path, entity: str | None = None) -> dict:
     logged = {key: kind for run in runs for key, kind in run.logged.items()}
     test = summary.get("test") or {}
     name = summary["config"].get("run_name") or run_dir.name
-    plots = [{"kind": "line", "title": title, "y": [k for k in keys if logged.get(k) == "number"]}
-             for title, keys in PLOTS.items()]
+    plots = [
+        {"kind": "line", "title": title, "y": [k for k in keys if logged.get(k) == "number"]}
+        for title, keys in PLOTS.items()
+    ]
     panels = [p for p in plots if p["y"]]
-    panels += [{"kind": "media", "title": "training curves", "keys": [k]} for k, t in logged.items() if t.startswith("image")]
+    panels += [
+        {"kind": "media", "title": "training curves", "keys": [k]} for k, t in logged.items() if t.startswith("image")
+    ]
     panels += [{"kind": "table", "title": "sample stories", "key": k} for k, t in logged.items() if t == "table-file"]
     samples = "\n\n".join(f"**{s['prompt']}**{s['text']}" for s in summary.get("samples", []))
     hardware = summary["hardware"]
@@ -123,9 +127,11 @@ def report_spec(run_dir: Path, entity: str | None = None) -> dict:
         "run_ids": [r.run_id for r in runs],
         "run_folders": [str(r.folder) for r in runs],
         "title": f"{name}: a {summary['model']['parameters'] / 1e6:.1f}M-parameter GPT on TinyStories",
-        "description": (f"Test perplexity {test.get('perplexity', float('nan')):.2f} and token accuracy "
-                        f"{test.get('accuracy', float('nan')):.4f} after {summary['steps']} optimizer steps "
-                        f"({summary['stop_reason']})."),
+        "description": (
+            f"Test perplexity {test.get('perplexity', float('nan')):.2f} and token accuracy "
+            f"{test.get('accuracy', float('nan')):.4f} after {summary['steps']} optimizer steps "
+            f"({summary['stop_reason']})."
+        ),
         "blocks": [
             {"kind": "markdown", "text": "\n".join(markdown_table(summary_rows(summary)))},
             {"kind": "heading", "text": "Training"},
@@ -163,8 +169,13 @@ def build_report(spec: dict, entity: str):
             return wr.CodeBlock(code=b["text"], language=b["language"])
         return wr.PanelGrid(runsets=[runset], panels=[panel(p) for p in b["panels"]])
 
-    return wr.Report(project=spec["project"], entity=entity, title=spec["title"][:128],
-                     description=spec["description"], blocks=[block(b) for b in spec["blocks"]])
+    return wr.Report(
+        project=spec["project"],
+        entity=entity,
+        title=spec["title"][:128],
+        description=spec["description"],
+        blocks=[block(b) for b in spec["blocks"]],
+    )
 
 
 def write_spec(run_dir: Path, spec: dict) -> Path:
@@ -184,8 +195,9 @@ def offline_reason() -> str | None:
 
     base = urlparse(os.environ.get("WANDB_BASE_URL") or wandb.Settings().base_url)
     try:  # before wandb.Api(), whose login check waits for its own timeout
-        socket.create_connection((base.hostname, base.port or (443 if base.scheme == "https" else 80)),
-                                 timeout=NETWORK_TIMEOUT_S).close()
+        socket.create_connection(
+            (base.hostname, base.port or (443 if base.scheme == "https" else 80)), timeout=NETWORK_TIMEOUT_S
+        ).close()
     except OSError as e:
         return f"cannot reach {base.scheme}://{base.netloc} ({e.strerror or type(e).__name__})"
     return None
@@ -211,8 +223,10 @@ def share(run_dir: Path, entity: str | None = None, log=print) -> str:
     sync = "wandb sync " + " ".join(spec["run_folders"])
     reason = offline_reason()
     if reason:
-        raise UserError(f"{reason}: the report's specification is saved in {spec_path}; run `{sync}`, "
-                        f"then `gpt-launch share {run_dir}` again")
+        raise UserError(
+            f"{reason}: the report's specification is saved in {spec_path}; run `{sync}`, "
+            f"then `gpt-launch share {run_dir}` again"
+        )
     import wandb
 
     api = connect()
@@ -220,18 +234,24 @@ def share(run_dir: Path, entity: str | None = None, log=print) -> str:
         entity = spec["entity"] or api.default_entity
         missing = [i for i in spec["run_ids"] if not _on_server(api, f"{entity}/{spec['project']}/{i}")]
     except wandb.errors.Error as e:
-        raise UserError(f"W&B refused the request ({str(e).splitlines()[0][:200]}); the report's specification is "
-                        f"saved in {spec_path}") from None
+        raise UserError(
+            f"W&B refused the request ({str(e).splitlines()[0][:200]}); the report's specification is "
+            f"saved in {spec_path}"
+        ) from None
     if missing:
-        raise UserError(f"run {', '.join(missing)} is not on W&B yet (logged offline): run `{sync}`, "
-                        f"then `gpt-launch share {run_dir}` again")
+        raise UserError(
+            f"run {', '.join(missing)} is not on W&B yet (logged offline): run `{sync}`, "
+            f"then `gpt-launch share {run_dir}` again"
+        )
     spec["entity"] = entity
     write_spec(run_dir, spec)
     try:
         report = build_report(spec, entity).save()
     except (wandb.errors.Error, OSError) as e:
-        raise UserError(f"W&B did not save the report ({str(e).splitlines()[0][:200]}); the specification is in "
-                        f"{spec_path}: share again") from None
+        raise UserError(
+            f"W&B did not save the report ({str(e).splitlines()[0][:200]}); the specification is in "
+            f"{spec_path}: share again"
+        ) from None
     log(f"share: report saved; specification in {spec_path}")
     return report.url
 

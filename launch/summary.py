@@ -25,8 +25,10 @@ def test_and_summarise(run, reason: str) -> dict:
     best = load_pretrained(best_dir).to(acc.device)
     test = evaluate(best, run.loaders["test"], acc, run.cfg.test_batches, desc="test")
     capped = f", first {run.cfg.test_batches} batches per process" if run.cfg.test_batches else ""
-    run.say(f"test (best weights, step {run.early.best_step}{capped}): loss {test['loss']:.4f} "
-            f"perplexity {test['perplexity']:.2f} accuracy {test['accuracy']:.4f} ({test['tokens']:,} tokens)")
+    run.say(
+        f"test (best weights, step {run.early.best_step}{capped}): loss {test['loss']:.4f} "
+        f"perplexity {test['perplexity']:.2f} accuracy {test['accuracy']:.4f} ({test['tokens']:,} tokens)"
+    )
     run.log.log({"kind": "test", "step": state.step, **test})
     summary = {"stop_reason": reason, "steps": state.step, "test": test}  # what every process knows
     if acc.is_main_process:
@@ -38,8 +40,10 @@ def test_and_summarise(run, reason: str) -> dict:
         (run.run_dir / "summary.json").write_text(json.dumps(scrub(summary), indent=2) + "\n")
         run.log.log_samples(samples, state.step)
         run.log.log_image("curves", curves, state.step)
-        run.log.log_summary({k: summary[k] for k in ("best_validation", "test", "throughput_tokens_per_s", "steps")}
-                            | {"parameters": run.model_config.num_params()})
+        run.log.log_summary(
+            {k: summary[k] for k in ("best_validation", "test", "throughput_tokens_per_s", "steps")}
+            | {"parameters": run.model_config.num_params()}
+        )
         if run.cfg.log_checkpoint:
             run.log.log_artifact(best_dir, f"{run.cfg.run_name or run.run_dir.name}-best")
         run.say(f"done: {reason}; summary in {run.run_dir / 'summary.json'}, curves in {curves}")
@@ -73,9 +77,13 @@ def summary_record(run, reason: str, test: dict, samples: list[dict], best_dir) 
         "elapsed_seconds": time.time() - run.start_time,
         "model": {"preset": cfg.preset, "parameters": run.model_config.num_params(), **run.model_config.to_dict()},
         "data": {"cache": str(run.data.cache_dir), **run.data.meta},
-        "hardware": {"device": device_name(acc.device), "processes": acc.num_processes,
-                     "mixed_precision": acc.mixed_precision, "torch": torch.__version__,
-                     "python": platform.python_version()},
+        "hardware": {
+            "device": device_name(acc.device),
+            "processes": acc.num_processes,
+            "mixed_precision": acc.mixed_precision,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
         "best_checkpoint": str(best_dir),
         "config": cfg.to_dict(),
     }

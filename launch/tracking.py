@@ -50,8 +50,16 @@ def read_metrics(run_dir: Path) -> list[dict]:
 class RunLog:
     """metrics.jsonl plus the Accelerate trackers, from the main process."""
 
-    def __init__(self, accelerator, run_dir: Path, tracker: str, project: str, run_name: str, config: dict,
-                 resumed_step: int | None):
+    def __init__(
+        self,
+        accelerator,
+        run_dir: Path,
+        tracker: str,
+        project: str,
+        run_name: str,
+        config: dict,
+        resumed_step: int | None,
+    ):
         self.accelerator, self.tracker = accelerator, tracker
         self.path = Path(run_dir) / "metrics.jsonl"
         if accelerator.is_main_process and resumed_step is not None:
@@ -73,13 +81,19 @@ class RunLog:
             f.write(json.dumps(record) + "\n")
         if self.tracker != "none":
             prefix = record["kind"]
-            values = {f"{prefix}/{k}": v for k, v in record.items() if k not in ("kind", "step") and isinstance(v, (int, float))}
+            values = {
+                f"{prefix}/{k}": v
+                for k, v in record.items()
+                if k not in ("kind", "step") and isinstance(v, (int, float))
+            }
             self.accelerator.log(values, step=record["step"])
 
     def log_samples(self, samples: list[dict], step: int) -> None:
         if self.tracker == "wandb" and self.accelerator.is_main_process:
             rows = [[s["prompt"], s["text"]] for s in samples]
-            self.accelerator.get_tracker("wandb").log_table("samples", columns=["prompt", "story"], data=rows, step=step)
+            self.accelerator.get_tracker("wandb").log_table(
+                "samples", columns=["prompt", "story"], data=rows, step=step
+            )
         elif self.tracker == "tensorboard" and self.accelerator.is_main_process:
             writer = self.accelerator.get_tracker("tensorboard", unwrap=True)
             for i, s in enumerate(samples):

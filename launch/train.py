@@ -31,7 +31,13 @@ from .data import PreparedData, make_dataloader, make_dataset, prepare_data
 from .errors import UserError
 from .evaluate import evaluate
 from .runtime import (
-    StopSignal, TrainingInterrupted, any_process, collective_failure, default_batch_size, make_accelerator, rank_print,
+    StopSignal,
+    TrainingInterrupted,
+    any_process,
+    collective_failure,
+    default_batch_size,
+    make_accelerator,
+    rank_print,
 )
 from .tracking import RunLog
 
@@ -195,8 +201,11 @@ def build_run(cfg: TrainConfig, resume_from: Path | None) -> Run:
 
     check_run_dir(Path(cfg.output_dir))
     accelerator = make_accelerator(
-        cfg.collective_timeout, gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
-        log_with=None if cfg.tracker == "none" else cfg.tracker, project_dir=cfg.output_dir,
+        cfg.collective_timeout,
+        gradient_accumulation_steps=cfg.grad_accum,
+        mixed_precision=cfg.mixed_precision,
+        log_with=None if cfg.tracker == "none" else cfg.tracker,
+        project_dir=cfg.output_dir,
         dataloader_config=DataLoaderConfiguration(even_batches=True),
     )
     set_seed(cfg.seed)
@@ -206,14 +215,22 @@ def build_run(cfg: TrainConfig, resume_from: Path | None) -> Run:
     # data: the first process to take the cache's lock tokenizes, the others say they wait, then read it
     data = prepare_data(cfg.data, cfg.seed, log=accelerator.print, say=rank_print)
     batch_size = cfg.batch_size or default_batch_size(accelerator.device)
-    datasets = {name: make_dataset(split, model_config.context_length, cfg.layout) for name, split in data.splits.items()}
+    datasets = {
+        name: make_dataset(split, model_config.context_length, cfg.layout) for name, split in data.splits.items()
+    }
     if cfg.layout == "padded":
         d = datasets["train"]
-        accelerator.print(f"data: padded layout, {d.truncated:,} train stories truncated to "
-                          f"{model_config.context_length} tokens, {d.padding_fraction:.1%} of train positions are padding")
+        accelerator.print(
+            f"data: padded layout, {d.truncated:,} train stories truncated to "
+            f"{model_config.context_length} tokens, {d.padding_fraction:.1%} of train positions are padding"
+        )
     pin = accelerator.device.type == "cuda"
-    loaders = {name: make_dataloader(ds, batch_size, cfg.seed, shuffle=name == "train", drop_last=name == "train",
-                                     pin_memory=pin) for name, ds in datasets.items()}
+    loaders = {
+        name: make_dataloader(
+            ds, batch_size, cfg.seed, shuffle=name == "train", drop_last=name == "train", pin_memory=pin
+        )
+        for name, ds in datasets.items()
+    }
     # model and optimizer
     model = GPT(model_config)
     accelerator.print(f"model: preset {cfg.preset}, {model.num_params():,} parameters, norm={model_config.norm}")
@@ -222,19 +239,38 @@ def build_run(cfg: TrainConfig, resume_from: Path | None) -> Run:
     optimizer = build_optimizer(model, cfg, accelerator.device)
     ckpt.store_weights_once(accelerator)
     model, optimizer, *prepared = accelerator.prepare(model, optimizer, *loaders.values())
-    run = Run(cfg, accelerator, model_config, data, model, optimizer, dict(zip(loaders, prepared, strict=True)),
-              batch_size, Path(cfg.output_dir), early=EarlyStopping(cfg.patience))
+    run = Run(
+        cfg,
+        accelerator,
+        model_config,
+        data,
+        model,
+        optimizer,
+        dict(zip(loaders, prepared, strict=True)),
+        batch_size,
+        Path(cfg.output_dir),
+        early=EarlyStopping(cfg.patience),
+    )
     _plan_length(run)
     if accelerator.is_main_process:
         check_run_dir(run.run_dir, create=True)
         stale = ckpt.remove_stale_temporaries(run.run_dir)
         if stale:
-            run.say(f"checkpoint: removed {len(stale)} unfinished temporary folder(s) of an interrupted save: {', '.join(stale)}")
+            run.say(
+                f"checkpoint: removed {len(stale)} unfinished temporary folder(s) of an interrupted save: {', '.join(stale)}"
+            )
     if resume_from is not None:
         _restore(run, resume_from)
     run.session_start_step = run.state.step
-    run.log = RunLog(accelerator, run.run_dir, cfg.tracker, cfg.project, cfg.run_name or run.run_dir.name, cfg.to_dict(),
-                     run.state.step if resume_from is not None else None)
+    run.log = RunLog(
+        accelerator,
+        run.run_dir,
+        cfg.tracker,
+        cfg.project,
+        cfg.run_name or run.run_dir.name,
+        cfg.to_dict(),
+        run.state.step if resume_from is not None else None,
+    )
     if accelerator.is_main_process:
         cfg.save(run.run_dir)
     return run
@@ -251,11 +287,16 @@ def _plan_length(run: Run) -> None:
         )
     steps_per_epoch = math.ceil(run.batches_per_epoch / cfg.grad_accum)
     tokens_per_step = run.batch_size * run.model_config.context_length * cfg.grad_accum * acc.num_processes
-    run.total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or math.inf,
-                          math.ceil(cfg.max_tokens / tokens_per_step) if cfg.max_tokens else math.inf)
-    acc.print(f"train: {acc.num_processes} process(es) on {acc.device}, mixed precision {acc.mixed_precision}, batch "
-              f"{run.batch_size} x accumulation {cfg.grad_accum} x {acc.num_processes} = {tokens_per_step:,} tokens per "
-              f"optimizer step, {run.total_steps:,} steps ({steps_per_epoch:,} per epoch)")
+    run.total_steps = min(
+        cfg.epochs * steps_per_epoch,
+        cfg.max_steps or math.inf,
+        math.ceil(cfg.max_tokens / tokens_per_step) if cfg.max_tokens else math.inf,
+    )
+    acc.print(
+        f"train: {acc.num_processes} process(es) on {acc.device}, mixed precision {acc.mixed_precision}, batch "
+        f"{run.batch_size} x accumulation {cfg.grad_accum} x {acc.num_processes} = {tokens_per_step:,} tokens per "
+        f"optimizer step, {run.total_steps:,} steps ({steps_per_epoch:,} per epoch)"
+    )
 
 
 def _restore(run: Run, path: Path) -> None:
@@ -263,8 +304,10 @@ def _restore(run: Run, path: Path) -> None:
     ckpt.load_training_state(run.accelerator, run.model, path)
     run.state.load_state_dict(saved)
     run.early.load_state_dict(saved)
-    run.say(f"resume: {path} (step {run.state.step}, epoch {run.state.epoch + 1}, "
-            f"batch {run.state.batch_in_epoch} of {run.batches_per_epoch})")
+    run.say(
+        f"resume: {path} (step {run.state.step}, epoch {run.state.epoch + 1}, "
+        f"batch {run.state.batch_in_epoch} of {run.batches_per_epoch})"
+    )
 
 
 def check_resume(cfg: TrainConfig, resume_from: Path, say=print) -> None:
@@ -293,8 +336,10 @@ def train(cfg: TrainConfig) -> dict:
     if resume_from is not None:
         finished = ckpt.read_trainer_state(resume_from).get("finished")
         if finished:
-            print(f"resume: the run in {cfg.output_dir} is complete ({finished}, {resume_from.name}); nothing to do. "
-                  "Its results are in summary.json; to train again, use a new --output-dir")
+            print(
+                f"resume: the run in {cfg.output_dir} is complete ({finished}, {resume_from.name}); nothing to do. "
+                "Its results are in summary.json; to train again, use a new --output-dir"
+            )
             return {"stop_reason": f"already finished: {finished}", "steps": None}
         check_resume(cfg, resume_from)
     from tqdm.auto import tqdm
@@ -303,8 +348,14 @@ def train(cfg: TrainConfig) -> dict:
         run = build_run(cfg, resume_from)
         run.window = LossWindow(run.accelerator.device, run.state.tokens)
         reason = None
-        run.progress = tqdm(total=run.total_steps, initial=run.state.step, desc="train", unit="step",
-                            dynamic_ncols=True, disable=not run.accelerator.is_local_main_process)
+        run.progress = tqdm(
+            total=run.total_steps,
+            initial=run.state.step,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not run.accelerator.is_local_main_process,
+        )
         with StopSignal() as stop_signal, run.progress:
             run.model.train()
             while reason is None and run.state.epoch < cfg.epochs:
@@ -390,10 +441,14 @@ def after_step(run: Run, stop_signal: StopSignal) -> str | None:
         with run.window.paused():
             save(run, paused or finished or ("end of epoch" if epoch_end else "every --save-every steps"))
     if paused == SIGNALLED:
-        what, code = ((f"{stop_signal.name} received", 128 + stop_signal.signum) if stop_signal.signum
-                      else ("another process was signalled", 143))
-        raise TrainingInterrupted(f"{what}: saved step {state.step}; continue with "
-                                  f"--resume auto --output-dir {run.run_dir}", code)
+        what, code = (
+            (f"{stop_signal.name} received", 128 + stop_signal.signum)
+            if stop_signal.signum
+            else ("another process was signalled", 143)
+        )
+        raise TrainingInterrupted(
+            f"{what}: saved step {state.step}; continue with --resume auto --output-dir {run.run_dir}", code
+        )
     return paused or finished
 
 
@@ -405,10 +460,19 @@ def log_training(run: Run) -> None:
             f"the training loss became {mean_loss} by step {state.step}; stopped without saving. Resume from the "
             f"last good checkpoint with --resume auto and a lower --lr (now {run.cfg.lr}) or --mixed-precision bf16/no"
         )
-    run.log.log({"kind": "train", "step": state.step, "epoch": state.epoch, "loss": mean_loss,
-                 "perplexity": math.exp(min(mean_loss, 700)), "lr": run.optimizer.param_groups[0]["lr"],
-                 "grad_norm": None if run.grad_norm is None else float(run.grad_norm),
-                 "tokens": state.tokens, "tokens_per_s": tokens_per_s})
+    run.log.log(
+        {
+            "kind": "train",
+            "step": state.step,
+            "epoch": state.epoch,
+            "loss": mean_loss,
+            "perplexity": math.exp(min(mean_loss, 700)),
+            "lr": run.optimizer.param_groups[0]["lr"],
+            "grad_norm": None if run.grad_norm is None else float(run.grad_norm),
+            "tokens": state.tokens,
+            "tokens_per_s": tokens_per_s,
+        }
+    )
     run.progress.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
 
 
@@ -417,8 +481,10 @@ def validate(run: Run, epoch: int, epoch_end: bool) -> bool:
     metrics = evaluate(run.model, run.loaders["validation"], run.accelerator, run.cfg.eval_batches)
     step = run.state.step
     run.log.log({"kind": "eval", "step": step, "epoch": epoch, "epoch_end": epoch_end, **metrics})
-    run.say(f"eval: step {step} loss {metrics['loss']:.4f} perplexity {metrics['perplexity']:.2f} "
-            f"accuracy {metrics['accuracy']:.4f} ({metrics['tokens']:,} tokens)")
+    run.say(
+        f"eval: step {step} loss {metrics['loss']:.4f} perplexity {metrics['perplexity']:.2f} "
+        f"accuracy {metrics['accuracy']:.4f} ({metrics['tokens']:,} tokens)"
+    )
     if run.early.update(metrics, step):
         ckpt.save_best(run.accelerator, run.model, run.model_config, run.run_dir, run.checkpoint_state())
     return run.early.should_stop(run.accelerator)
@@ -426,8 +492,9 @@ def validate(run: Run, epoch: int, epoch_end: bool) -> bool:
 
 def save(run: Run, why: str) -> None:
     """One step checkpoint per optimizer step at most, whatever asked for it."""
-    path = ckpt.save_checkpoint(run.accelerator, run.model, run.model_config, run.run_dir, run.checkpoint_state(),
-                                run.cfg.keep_last)
+    path = ckpt.save_checkpoint(
+        run.accelerator, run.model, run.model_config, run.run_dir, run.checkpoint_state(), run.cfg.keep_last
+    )
     run.say(f"checkpoint: {path} ({why.split(';')[0]})")
 
 
@@ -447,7 +514,9 @@ def pause_reason(run: Run, stop_signal: StopSignal) -> str | None:
     if signalled:
         return SIGNALLED
     if limited:
-        return f"paused at step {run.state.step} (session limit); continue with --resume auto --output-dir {run.run_dir}"
+        return (
+            f"paused at step {run.state.step} (session limit); continue with --resume auto --output-dir {run.run_dir}"
+        )
     return None
 
 

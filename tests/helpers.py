@@ -3,8 +3,8 @@
 import gzip
 import json
 import os
-import subprocess
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -35,23 +35,47 @@ def write_jsonl(path: Path, stories, gz: bool = False) -> Path:
 
 
 def child_env(env=None) -> dict:
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false",
-            **(env or {})}
+    return {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "WANDB_MODE": "disabled",
+        "TOKENIZERS_PARALLELISM": "false",
+        **(env or {}),
+    }
 
 
 def run_cli(args, cwd=None, env=None, timeout=600, check=True, **kwargs):
     """Run a real process (the CLI, a recipe or `accelerate launch`) and return it finished."""
-    proc = subprocess.run([str(a) for a in args], cwd=cwd or REPO, env=child_env(env), capture_output=True, text=True,
-                          timeout=timeout, **kwargs)
+    proc = subprocess.run(
+        [str(a) for a in args],
+        cwd=cwd or REPO,
+        env=child_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{args} exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"{args} exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
 def tiny_run_options(out: Path, *extra) -> list[str]:
     """The options of a fast CPU run: the tiny model on the shipped smoke stories, cache beside `out`."""
-    return ["--smoke", "--preset", "tiny", "--output-dir", str(out), "--data-cache", str(Path(out).parent / "cache"),
-            "--sample-tokens", "8", *map(str, extra)]
+    return [
+        "--smoke",
+        "--preset",
+        "tiny",
+        "--output-dir",
+        str(out),
+        "--data-cache",
+        str(Path(out).parent / "cache"),
+        "--sample-tokens",
+        "8",
+        *map(str, extra),
+    ]
 
 
 def train_args(out: Path, *extra) -> list[str]:

@@ -173,8 +173,14 @@ def _tree_memory(pid: int) -> tuple[int, int]:
 def measure(code: str, *args: str, env: dict | None = None) -> dict:
     """Run `code` in a fresh Python; its JSON result plus wall time and sampled peak RSS of its tree."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=REPO, env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
     peak = [0, 0]
 
     def sample():
@@ -189,8 +195,12 @@ def measure(code: str, *args: str, env: dict | None = None) -> dict:
     sampler.join()
     if proc.returncode != 0:
         raise SystemExit(f"bench step failed:\n{err[-3000:]}")
-    return {**json.loads(out.strip().splitlines()[-1]), "wall_s": time.perf_counter() - start,
-            "peak_rss_mb": peak[0] / 2**20, "peak_pss_mb": peak[1] / 2**20}
+    return {
+        **json.loads(out.strip().splitlines()[-1]),
+        "wall_s": time.perf_counter() - start,
+        "peak_rss_mb": peak[0] / 2**20,
+        "peak_pss_mb": peak[1] / 2**20,
+    }
 
 
 def reference_package(commit: str, into: Path) -> Path:
@@ -200,10 +210,13 @@ def reference_package(commit: str, into: Path) -> Path:
     (package / "__init__.py").write_text("")
     for name in ("data.py", "config.py", "errors.py"):
         try:
-            text = subprocess.run(["git", "-C", str(REPO), "show", f"{commit}:launch/{name}"], check=True,
-                                  capture_output=True, text=True).stdout
+            text = subprocess.run(
+                ["git", "-C", str(REPO), "show", f"{commit}:launch/{name}"], check=True, capture_output=True, text=True
+            ).stdout
         except (OSError, subprocess.CalledProcessError) as e:
-            raise SystemExit(f"cannot read launch/{name} at {commit} from git ({e}); run from a clone, or --skip-reference") from None
+            raise SystemExit(
+                f"cannot read launch/{name} at {commit} from git ({e}); run from a clone, or --skip-reference"
+            ) from None
         (package / name).write_text(text)
     return into
 
@@ -212,12 +225,24 @@ def disk_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20
 
 
-def run(corpus: Path, workers: int, commit: str, skip_reference: bool = False, skip_hf: bool = False,
-        scratch: Path | None = None, serve_seconds: float = 5.0) -> dict:
+def run(
+    corpus: Path,
+    workers: int,
+    commit: str,
+    skip_reference: bool = False,
+    skip_hf: bool = False,
+    scratch: Path | None = None,
+    serve_seconds: float = 5.0,
+) -> dict:
     corpus = corpus.resolve()
     files = sorted(corpus.glob("*.jsonl"))
-    result = {"corpus": str(corpus), "corpus_mb": sum(f.stat().st_size for f in files) / 2**20, "workers": workers,
-              "cpus": os.cpu_count(), "prepare": {}}
+    result = {
+        "corpus": str(corpus),
+        "corpus_mb": sum(f.stat().st_size for f in files) / 2**20,
+        "workers": workers,
+        "cpus": os.cpu_count(),
+        "prepare": {},
+    }
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         tmp = Path(tmp)
         reference = reference_package(commit, tmp / "ref")
@@ -232,13 +257,16 @@ def run(corpus: Path, workers: int, commit: str, skip_reference: bool = False, s
             row = measure(code, *args)
             row["disk_mb"] = disk_mb(Path(args[1]))
             result["prepare"][name] = row
-            print(f"bench:   {row['wall_s']:.0f} s, peak RSS {row['peak_rss_mb']:,.0f} MB, PSS {row['peak_pss_mb']:,.0f} MB",
-                  flush=True)
+            print(
+                f"bench:   {row['wall_s']:.0f} s, peak RSS {row['peak_rss_mb']:,.0f} MB, PSS {row['peak_pss_mb']:,.0f} MB",
+                flush=True,
+            )
         ours = result["prepare"]["streaming"]
         cached = [measure(STREAMING, str(corpus), str(tmp / "ours"), str(workers)) for _ in range(3)]
         result["cached_launch_s"] = statistics.median(row["seconds"] for row in cached)
-        result["serving"] = {batch: measure(SERVING, ours["cache"], str(batch), str(reference), str(serve_seconds))
-                             for batch in (4, 64)}
+        result["serving"] = {
+            batch: measure(SERVING, ours["cache"], str(batch), str(reference), str(serve_seconds)) for batch in (4, 64)
+        }
     for row in result["prepare"].values():
         row["tokens_per_s"] = row["tokens"] / row["wall_s"]
         row["wall_vs_streaming"] = row["wall_s"] / ours["wall_s"]
@@ -246,23 +274,34 @@ def run(corpus: Path, workers: int, commit: str, skip_reference: bool = False, s
 
 
 def format_result(r: dict) -> str:
-    lines = [f"corpus {r['corpus']} ({r['corpus_mb']:,.0f} MB of JSON lines), {r['workers']} workers, {r['cpus']} CPUs",
-             f"{'cold preparation':<18} {'wall s':>8} {'tokens/s':>12} {'peak RSS MB':>12} {'peak PSS MB':>12} "
-             f"{'disk MB':>9} {'vs streaming':>13}"]
+    lines = [
+        f"corpus {r['corpus']} ({r['corpus_mb']:,.0f} MB of JSON lines), {r['workers']} workers, {r['cpus']} CPUs",
+        f"{'cold preparation':<18} {'wall s':>8} {'tokens/s':>12} {'peak RSS MB':>12} {'peak PSS MB':>12} "
+        f"{'disk MB':>9} {'vs streaming':>13}",
+    ]
     for name, row in r["prepare"].items():
-        lines.append(f"{name:<18} {row['wall_s']:>8.1f} {row['tokens_per_s']:>12,.0f} {row['peak_rss_mb']:>12,.0f} "
-                     f"{row['peak_pss_mb']:>12,.0f} "
-                     f"{row['disk_mb']:>9,.0f} {row['wall_vs_streaming']:>12.2f}x")
+        lines.append(
+            f"{name:<18} {row['wall_s']:>8.1f} {row['tokens_per_s']:>12,.0f} {row['peak_rss_mb']:>12,.0f} "
+            f"{row['peak_pss_mb']:>12,.0f} "
+            f"{row['disk_mb']:>9,.0f} {row['wall_vs_streaming']:>12.2f}x"
+        )
     lines.append(f"cached launch: {r['cached_launch_s']:.2f} s in prepare_data (median of 3 fresh processes)")
     for batch, rows in r["serving"].items():
-        lines.append(f"serving packed rows at batch {batch}: " + ", ".join(
-            f"{name} {row['tokens_per_s']:,.0f} tokens/s ({row['ms_per_batch']:.3f} ms/batch)" for name, row in rows.items()
-            if isinstance(row, dict) and "tokens_per_s" in row))
+        lines.append(
+            f"serving packed rows at batch {batch}: "
+            + ", ".join(
+                f"{name} {row['tokens_per_s']:,.0f} tokens/s ({row['ms_per_batch']:.3f} ms/batch)"
+                for name, row in rows.items()
+                if isinstance(row, dict) and "tokens_per_s" in row
+            )
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=textwrap.dedent(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=textwrap.dedent(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     make = commands.add_parser("corpus", help="write a synthetic corpus of real sentences")
     make.add_argument("out", type=Path)
@@ -282,8 +321,15 @@ def main() -> None:
     if args.command == "corpus":
         write_corpus(args.out, args.stories, args.source, args.seed)
         return
-    result = run(args.corpus, args.workers, args.reference_commit, args.skip_reference, args.skip_hf, args.scratch,
-                 args.serve_seconds)
+    result = run(
+        args.corpus,
+        args.workers,
+        args.reference_commit,
+        args.skip_reference,
+        args.skip_hf,
+        args.scratch,
+        args.serve_seconds,
+    )
     print(format_result(result))
     if args.json_out:
         args.json_out.write_text(json.dumps(result, indent=2))

@@ -59,8 +59,9 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype, sizes=None, re
 
 def _rows(kind: str, data: dict, context: int, batch: int, count: int, device):
     """`count` micro-batches of real stories: packed windows, or one padded story per row."""
-    from launch.data import PackedDataset, PaddedDataset, TokenSplit
     import numpy as np
+
+    from launch.data import PackedDataset, PaddedDataset, TokenSplit
 
     split = TokenSplit("train", np.load(data["tokens"], mmap_mode="r"), np.load(data["offsets"]))
     ds = PaddedDataset(split, context) if kind == "paper" else PackedDataset(split, context)
@@ -104,7 +105,9 @@ def train_worker(spec: dict) -> dict:
         optimizer = build_optimizer(model, paper, device)
     else:
         model = (baselines.PaperGPT(config) if kind == "paper" else baselines.hf_gpt2(config)).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=paper.lr, betas=paper.betas, weight_decay=paper.weight_decay)
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=paper.lr, betas=paper.betas, weight_decay=paper.weight_decay
+        )
     if spec.get("compile") and kind == "ours":
         model = torch.compile(model)
     model.train()
@@ -149,9 +152,14 @@ def train_worker(spec: dict) -> dict:
         per_step.append(step_tokens / (time.perf_counter() - start))
         tokens += step_tokens
     params = sum(p.numel() for p in model.parameters())
-    return {"kind": kind, "step_tokens_per_s": per_step, "useful_tokens": tokens,
-            "peak_memory_mb": _peak_memory_mb(device), "parameters": params,
-            "padding_fraction": 1 - tokens / (spec["steps"] * accum * batch * config.context_length)}
+    return {
+        "kind": kind,
+        "step_tokens_per_s": per_step,
+        "useful_tokens": tokens,
+        "peak_memory_mb": _peak_memory_mb(device),
+        "parameters": params,
+        "padding_fraction": 1 - tokens / (spec["steps"] * accum * batch * config.context_length),
+    }
 
 
 EVALUATIONS = {
@@ -192,8 +200,12 @@ def eval_worker(spec: dict) -> dict:
 
 
 def _in_subprocess(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "launch.bench.run", json.dumps(spec)], capture_output=True, text=True,
-                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.bench.run", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark worker {spec['kind']} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -203,19 +215,37 @@ def story_files(source: str | None = None, cache_dir: str | None = None) -> dict
     """The token and offset files of the train split of `source` (default: the shipped smoke stories)."""
     from launch.data import SMOKE_DATA, DataConfig, prepare_data
 
-    prepared = prepare_data(DataConfig(source=source or str(SMOKE_DATA), max_samples=None, cache_dir=cache_dir),
-                            log=lambda *_: None)
-    return {"tokens": str(prepared.cache_dir / "train.tokens.npy"),
-            "offsets": str(prepared.cache_dir / "train.offsets.npy"), "cache_root": str(prepared.cache_dir.parent.parent)}
+    prepared = prepare_data(
+        DataConfig(source=source or str(SMOKE_DATA), max_samples=None, cache_dir=cache_dir), log=lambda *_: None
+    )
+    return {
+        "tokens": str(prepared.cache_dir / "train.tokens.npy"),
+        "offsets": str(prepared.cache_dir / "train.offsets.npy"),
+        "cache_root": str(prepared.cache_dir.parent.parent),
+    }
 
 
-def measure_our_training(config: GPTConfig, device: torch.device, batch_size: int | None = None, grad_accum: int = 2,
-                         steps: int = 3, warmup: int = 2) -> float:
+def measure_our_training(
+    config: GPTConfig,
+    device: torch.device,
+    batch_size: int | None = None,
+    grad_accum: int = 2,
+    steps: int = 3,
+    warmup: int = 2,
+) -> float:
     """Our fp32 training throughput in useful tokens/s (median step), measured exactly as the benchmark
     measures it, in this process: what `gpt-launch info` estimates an epoch from."""
-    spec = {"kind": "ours", "model_config": config.to_dict(), "batch_size": batch_size or default_batch_size(device),
-            "grad_accum": grad_accum, "steps": steps, "warmup": warmup, "device": str(device), "precision": "fp32",
-            "data": story_files()}
+    spec = {
+        "kind": "ours",
+        "model_config": config.to_dict(),
+        "batch_size": batch_size or default_batch_size(device),
+        "grad_accum": grad_accum,
+        "steps": steps,
+        "warmup": warmup,
+        "device": str(device),
+        "precision": "fp32",
+        "data": story_files(),
+    }
     return statistics.median(train_worker(spec)["step_tokens_per_s"])
 
 
@@ -252,13 +282,30 @@ def measure_data_preparation(source: str) -> dict:
 
     with tempfile.TemporaryDirectory() as scratch:
         meta = prepare_data(DataConfig(source=source, max_samples=None, cache_dir=scratch), log=lambda *_: None).meta
-    return {"stories": sum(s["stories"] for s in meta["splits"].values()),
-            "tokens": sum(s["tokens"] for s in meta["splits"].values()), "tokens_per_s": meta["tokens_per_second"],
-            "workers": meta["workers"]}
+    return {
+        "stories": sum(s["stories"] for s in meta["splits"].values()),
+        "tokens": sum(s["tokens"] for s in meta["splits"].values()),
+        "tokens_per_s": meta["tokens_per_second"],
+        "workers": meta["workers"],
+    }
 
 
-def run_bench(preset="paper", batch_size=None, grad_accum=2, steps=3, warmup=2, device="auto", precision=None, data=None,
-              baselines=True, gen_tokens=300, compile=False, cache_dir=None, rounds=2, progress=print) -> dict:
+def run_bench(
+    preset="paper",
+    batch_size=None,
+    grad_accum=2,
+    steps=3,
+    warmup=2,
+    device="auto",
+    precision=None,
+    data=None,
+    baselines=True,
+    gen_tokens=300,
+    compile=False,
+    cache_dir=None,
+    rounds=2,
+    progress=print,
+) -> dict:
     from launch.data import SMOKE_DATA
 
     dev = resolve_device(device)
@@ -272,14 +319,34 @@ def run_bench(preset="paper", batch_size=None, grad_accum=2, steps=3, warmup=2, 
     peak = measure_matmul_peak(dev, peak_dtype)
     flops_per_token = config.flops_per_token()
     result = {
-        "device": device_name(dev), "precision": precision, "preset": preset, "batch_size": batch,
-        "grad_accum": grad_accum, "context": config.context_length, "steps": steps, "warmup": warmup, "rounds": rounds, "data": source,
-        "torch_threads": torch.get_num_threads(), "matmul_peak_tflops": peak / 1e12,
-        "flops_per_token": flops_per_token, "training": {}, "compile": compile,
+        "device": device_name(dev),
+        "precision": precision,
+        "preset": preset,
+        "batch_size": batch,
+        "grad_accum": grad_accum,
+        "context": config.context_length,
+        "steps": steps,
+        "warmup": warmup,
+        "rounds": rounds,
+        "data": source,
+        "torch_threads": torch.get_num_threads(),
+        "matmul_peak_tflops": peak / 1e12,
+        "flops_per_token": flops_per_token,
+        "training": {},
+        "compile": compile,
     }
     kinds = ["ours", "paper", "hf_gpt2"] if baselines else ["ours"]
-    spec = {"preset": preset, "batch_size": batch, "grad_accum": grad_accum, "steps": steps, "device": str(dev),
-            "precision": precision, "data": data_files, "compile": compile, "warmup": warmup}
+    spec = {
+        "preset": preset,
+        "batch_size": batch,
+        "grad_accum": grad_accum,
+        "steps": steps,
+        "device": str(dev),
+        "precision": precision,
+        "data": data_files,
+        "compile": compile,
+        "warmup": warmup,
+    }
     # Interleaved rounds, median per-step throughput: a slow moment of a shared machine hits every
     # implementation alike instead of whichever happened to run then.
     for round_index in range(rounds):
@@ -309,8 +376,12 @@ def run_bench(preset="paper", batch_size=None, grad_accum=2, steps=3, warmup=2, 
         for use_cache in (True, False):
             timings[use_cache].append(measure_generation(preset, dev, gen_tokens, use_cache))
     cached, uncached = statistics.median(timings[True]), statistics.median(timings[False])
-    result["generation"] = {"tokens": gen_tokens, "cached_tokens_per_s": cached, "uncached_tokens_per_s": uncached,
-                            "cache_speedup": cached / uncached}
+    result["generation"] = {
+        "tokens": gen_tokens,
+        "cached_tokens_per_s": cached,
+        "uncached_tokens_per_s": uncached,
+        "cache_speedup": cached / uncached,
+    }
     progress("bench: preparing the stories from scratch")
     result["data_preparation"] = measure_data_preparation(source)
     return result
@@ -329,12 +400,16 @@ def format_table(r: dict) -> str:
     ]
     for kind, row in r["training"].items():
         speedup = f"{row['ours_speedup']:.2f}x" if "ours_speedup" in row else "-"
-        lines.append(f"{kind:<10} {row['tokens_per_s']:>13,.1f} {row['mfu']:>7.1%} {row['peak_memory_mb']:>9,.0f} "
-                     f"{row['padding_fraction']:>8.1%} {speedup:>9}")
+        lines.append(
+            f"{kind:<10} {row['tokens_per_s']:>13,.1f} {row['mfu']:>7.1%} {row['peak_memory_mb']:>9,.0f} "
+            f"{row['padding_fraction']:>8.1%} {speedup:>9}"
+        )
     lines += ["", f"{'evaluation':<17} {'tok/s':>10} {'vs training':>12} {'peak MB':>9} {'vs training':>12}"]
     for kind, row in r["evaluation"].items():
-        lines.append(f"{kind:<17} {row['tokens_per_s']:>10,.1f} {row['vs_training']:>11.2f}x "
-                     f"{row['peak_memory_mb']:>9,.0f} {row['memory_vs_training']:>11.2f}x")
+        lines.append(
+            f"{kind:<17} {row['tokens_per_s']:>10,.1f} {row['vs_training']:>11.2f}x "
+            f"{row['peak_memory_mb']:>9,.0f} {row['memory_vs_training']:>11.2f}x"
+        )
     g, d = r["generation"], r["data_preparation"]
     lines += [
         "",

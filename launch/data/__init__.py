@@ -12,8 +12,15 @@ import importlib
 
 from ..config import SMOKE_DATA, DataConfig
 from .prepare import (
-    SPLITS, PreparedData, TokenSplit, concat_splits, prepare_data, split_stories, tokenize_chunk,
-    tokenize_stories, verify_cache,
+    SPLITS,
+    PreparedData,
+    TokenSplit,
+    concat_splits,
+    prepare_data,
+    split_stories,
+    tokenize_chunk,
+    tokenize_stories,
+    verify_cache,
 )
 from .sources import Chunk, Source, resolve_files
 
@@ -29,7 +36,23 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "SMOKE_DATA", "SPLITS", "Chunk", "DataConfig", "EpochShuffleSampler", "PackedDataset", "PaddedDataset",
-    "PreparedData", "Source", "TokenSplit", "concat_splits", "make_dataloader", "make_dataset", "prepare_data",
-    "resolve_files", "split_stories", "tokenize_chunk", "tokenize_stories", "verify_cache",
+    "SMOKE_DATA",
+    "SPLITS",
+    "Chunk",
+    "DataConfig",
+    "EpochShuffleSampler",
+    "PackedDataset",
+    "PaddedDataset",
+    "PreparedData",
+    "Source",
+    "TokenSplit",
+    "concat_splits",
+    "make_dataloader",
+    "make_dataset",
+    "prepare_data",
+    "resolve_files",
+    "split_stories",
+    "tokenize_chunk",
+    "tokenize_stories",
+    "verify_cache",
 ]

@@ -112,5 +112,12 @@ def make_dataloader(dataset: Dataset, batch_size: int, seed: int, shuffle: bool,
     # torch RNG when it has none. That RNG also drives dropout, and a resumed run opens its epoch's
     # iterator at a different moment than an uninterrupted one (and validation opens one per
     # evaluation): with a draw from the global RNG there, dropout masks after a resume would differ.
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, pin_memory=pin_memory,
-                      collate_fn=_already_batched, generator=torch.Generator().manual_seed(seed))
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        collate_fn=_already_batched,
+        generator=torch.Generator().manual_seed(seed),
+    )

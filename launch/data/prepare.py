@@ -30,10 +30,10 @@ import socket
 import sys
 import time
 from collections import Counter, deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -52,7 +52,11 @@ REPORT_EVERY_S = 30.0
 
 
 def drop_reasons(min_chars: int) -> dict[int, str]:
-    return {NOT_TEXT: "not a string (e.g. null or a number)", EMPTY: "empty", SHORT: f"shorter than {min_chars} characters"}
+    return {
+        NOT_TEXT: "not a string (e.g. null or a number)",
+        EMPTY: "empty",
+        SHORT: f"shorter than {min_chars} characters",
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,12 +77,16 @@ def _decode_json_lines(chunk: Chunk) -> list:
         try:
             row = json.loads(line)
         except UnicodeDecodeError as e:
-            raise UserError(f"{chunk.origin}:{number}: bytes that are not UTF-8 ({e.reason}); re-save the file as UTF-8") from None
+            raise UserError(
+                f"{chunk.origin}:{number}: bytes that are not UTF-8 ({e.reason}); re-save the file as UTF-8"
+            ) from None
         except json.JSONDecodeError as e:
             raise UserError(f"{chunk.origin}:{number}: not valid JSON ({e.msg}); fix or delete that line") from None
         if not isinstance(row, dict):
-            raise UserError(f"{chunk.origin}:{number}: a JSON {type(row).__name__}, not an object with a "
-                            f"{chunk.field!r} field; write one object per line")
+            raise UserError(
+                f"{chunk.origin}:{number}: a JSON {type(row).__name__}, not an object with a "
+                f"{chunk.field!r} field; write one object per line"
+            )
         has_field = has_field or chunk.field in row
         texts.append(row.get(chunk.field))
     if texts and not has_field:
@@ -153,7 +161,9 @@ def tokenized_chunks(source: Source, min_chars: int, workers: int, scratch: Path
     import multiprocessing
 
     # spawn, not fork: the caller may hold threads (Accelerate's process group, torch's pools)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start
+    ) as pool:
         pending: deque = deque()
         try:
             for chunk in chunks:
@@ -244,8 +254,14 @@ class Progress:
         if self.bar:
             from tqdm import tqdm
 
-            self._tqdm = tqdm(total=self.total or None, unit="B" if self.total else "it", unit_scale=True,
-                              desc="tokenizing", file=sys.stderr, dynamic_ncols=True)
+            self._tqdm = tqdm(
+                total=self.total or None,
+                unit="B" if self.total else "it",
+                unit_scale=True,
+                desc="tokenizing",
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
 
     def describe(self) -> str:
         done = f" ({self.position / self.total:.0%} of the source)" if self.total else ""
@@ -269,8 +285,18 @@ class Progress:
             self._tqdm.close()
 
 
-def _append_source(source: Source, stream: Stream, seen: DigestSet, cfg: DataConfig, workers: int, scratch: Path,
-                   dropped: Counter, progress: Progress, prefix: str = "", exclude: DigestSet | None = None) -> int:
+def _append_source(
+    source: Source,
+    stream: Stream,
+    seen: DigestSet,
+    cfg: DataConfig,
+    workers: int,
+    scratch: Path,
+    dropped: Counter,
+    progress: Progress,
+    prefix: str = "",
+    exclude: DigestSet | None = None,
+) -> int:
     """Tokenize `source` into `stream`, dropping what cleaning and deduplication reject (and, for a
     held-out source, stories in `exclude`); returns the count of records read."""
     reasons = drop_reasons(cfg.min_chars)
@@ -312,10 +338,14 @@ def _write_split(folder: Path, name: str, stream: Stream, stories) -> tuple[int,
             del tokens, offsets
 
     total = sum(int((ends - starts).sum()) for _, starts, ends in blocks())
-    with open(folder / f"{name}.tokens.npy", "wb") as out_tokens, open(folder / f"{name}.offsets.npy", "wb") as out_offsets:
+    with (
+        open(folder / f"{name}.tokens.npy", "wb") as out_tokens,
+        open(folder / f"{name}.offsets.npy", "wb") as out_offsets,
+    ):
         np.lib.format.write_array_header_1_0(out_tokens, {"descr": "<u2", "fortran_order": False, "shape": (total,)})
-        np.lib.format.write_array_header_1_0(out_offsets, {"descr": "<i8", "fortran_order": False,
-                                                           "shape": (len(stories) + 1,)})
+        np.lib.format.write_array_header_1_0(
+            out_offsets, {"descr": "<i8", "fortran_order": False, "shape": (len(stories) + 1,)}
+        )
         out_offsets.write(np.zeros(1, dtype=np.int64).data)
         written = 0
         for tokens, starts, ends in blocks():
@@ -343,8 +373,11 @@ def split_stories(stories: list, cfg: DataConfig, seed: int | None = None) -> di
     if order is not None:
         stories = [stories[i] for i in order]
     n_train, n_val = split_counts(len(stories), cfg)
-    return {"train": stories[:n_train], "validation": stories[n_train : n_train + n_val],
-            "test": stories[n_train + n_val :]}
+    return {
+        "train": stories[:n_train],
+        "validation": stories[n_train : n_train + n_val],
+        "test": stories[n_train + n_val :],
+    }
 
 
 def _shuffled_order(n: int, cfg: DataConfig, seed: int | None) -> np.ndarray | None:
@@ -369,8 +402,16 @@ def _sources(cfg: DataConfig) -> tuple[Source, Source | None]:
     return main, Source.of(cfg.heldout_source, cfg.text_field, cfg.hub_split, None)
 
 
-def _build(cfg: DataConfig, seed: int | None, sources: tuple[Source, Source | None], scratch: Path, workers: int,
-           how: str, bar: bool, log) -> dict:
+def _build(
+    cfg: DataConfig,
+    seed: int | None,
+    sources: tuple[Source, Source | None],
+    scratch: Path,
+    workers: int,
+    how: str,
+    bar: bool,
+    log,
+) -> dict:
     start = time.perf_counter()
     main, heldout = sources
     workers = workers_for(main, workers)
@@ -385,8 +426,11 @@ def _build(cfg: DataConfig, seed: int | None, sources: tuple[Source, Source | No
             n = stream.num_stories
             order = _shuffled_order(n, cfg, seed)
             n_train, n_val = split_counts(n, cfg)
-            bounds = {"train": range(0, n_train), "validation": range(n_train, n_train + n_val),
-                      "test": range(n_train + n_val, n)}
+            bounds = {
+                "train": range(n_train),
+                "validation": range(n_train, n_train + n_val),
+                "test": range(n_train + n_val, n),
+            }
             picks = {k: (order[r.start : r.stop] if order is not None else r) for k, r in bounds.items()}
             parts = {k: (stream, v) for k, v in picks.items()}
         else:
@@ -394,8 +438,11 @@ def _build(cfg: DataConfig, seed: int | None, sources: tuple[Source, Source | No
             _append_source(heldout, held, DigestSet(), cfg, workers, scratch, dropped, progress, "held-out ", seen)
             held.close()
             half = held.num_stories // 2
-            parts = {"train": (stream, range(0, stream.num_stories)), "validation": (held, range(0, half)),
-                     "test": (held, range(half, held.num_stories))}
+            parts = {
+                "train": (stream, range(stream.num_stories)),
+                "validation": (held, range(half)),
+                "test": (held, range(half, held.num_stories)),
+            }
         del seen
     finally:
         progress.close()
@@ -504,8 +551,13 @@ def _disk_full(e: OSError) -> bool:
     return e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
-def prepare_data(cfg: DataConfig, seed: int | None = None, log: Callable[[str], None] = print,
-                 say: Callable[[str], None] | None = None, progress_bar: bool = False) -> PreparedData:
+def prepare_data(
+    cfg: DataConfig,
+    seed: int | None = None,
+    log: Callable[[str], None] = print,
+    say: Callable[[str], None] | None = None,
+    progress_bar: bool = False,
+) -> PreparedData:
     """Read the token cache of `cfg`, building it first if needed.
 
     `seed` (the run's one seed) orders the stories for `split_mode` shuffle and is unused otherwise.
@@ -530,8 +582,10 @@ def prepare_data(cfg: DataConfig, seed: int | None = None, log: Callable[[str], 
     if from_cache:
         counts = ", ".join(f"{k} {v['tokens']:,}" for k, v in meta["splits"].items())
         log(f"data: tokens from cache {target} ({counts} tokens)")
-    splits = {name: TokenSplit(name, _load(target / f"{name}.tokens.npy"), _load(target / f"{name}.offsets.npy"))
-              for name in SPLITS}
+    splits = {
+        name: TokenSplit(name, _load(target / f"{name}.tokens.npy"), _load(target / f"{name}.offsets.npy"))
+        for name in SPLITS
+    }
     for name, split in splits.items():
         if split.num_stories == 0:
             raise UserError(
@@ -554,8 +608,10 @@ def verify_cache(prepared: PreparedData) -> None:
         elif (tokens[offsets[1:] - 1] != EOT_ID).any():
             problem = "a story does not end with <|endoftext|>"
         if problem:
-            raise UserError(f"token cache {prepared.cache_dir} is corrupt ({name}: {problem}); delete that folder "
-                            "and run gpt-launch prepare again")
+            raise UserError(
+                f"token cache {prepared.cache_dir} is corrupt ({name}: {problem}); delete that folder "
+                "and run gpt-launch prepare again"
+            )
 
 
 def _load(path: Path) -> np.ndarray:
@@ -563,8 +619,9 @@ def _load(path: Path) -> np.ndarray:
     return array if array.size else np.asarray(array)
 
 
-def _build_atomically(cfg: DataConfig, seed, sources: tuple[Source, Source | None], target: Path, scratch: Path, how: str,
-                      say, bar: bool) -> None:
+def _build_atomically(
+    cfg: DataConfig, seed, sources: tuple[Source, Source | None], target: Path, scratch: Path, how: str, say, bar: bool
+) -> None:
     shutil.rmtree(scratch, ignore_errors=True)  # an interrupted build's leftovers: we hold the lock
     scratch.mkdir(parents=True)
     workers = cfg.workers or default_workers()
@@ -576,7 +633,9 @@ def _build_atomically(cfg: DataConfig, seed, sources: tuple[Source, Source | Non
     except OSError as e:
         if not _disk_full(e):
             raise
-        raise UserError(f"no room left writing the token cache in {scratch.parent} ({e.strerror}); free space "
-                        "or point --data-cache at a bigger disk") from None
+        raise UserError(
+            f"no room left writing the token cache in {scratch.parent} ({e.strerror}); free space "
+            "or point --data-cache at a bigger disk"
+        ) from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

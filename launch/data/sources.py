@@ -18,9 +18,9 @@ import os
 import re
 import shutil
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import UserError
 
@@ -113,7 +113,7 @@ def _read_json_array(path: Path, field: str) -> Iterator[Chunk]:
         except json.JSONDecodeError as e:
             raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); fix the file") from None
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise UserError(f"{path} is not a JSON array of objects or JSON lines; write one {{\"{field}\": ...}} per line")
+        raise UserError(f'{path} is not a JSON array of objects or JSON lines; write one {{"{field}": ...}} per line')
     if rows and not any(field in r for r in rows):
         raise UserError(f"{path} has no field {field!r} (fields: {sorted(rows[0])}); pass --text-field")
     for start in range(0, len(rows), CHUNK_STORIES):
@@ -157,7 +157,7 @@ def _read_parquet(path: Path, field: str, scratch: Path) -> Iterator[Chunk]:
     try:
         try:
             parquet = pq.ParquetFile(readable)
-        except Exception as e:  # noqa: BLE001 - Arrow's many error types all mean "not parquet"
+        except Exception as e:
             raise UserError(f"could not read {path} as parquet: {str(e).splitlines()[0]}") from None
         names = parquet.schema_arrow.names
         if field not in names:
@@ -230,7 +230,7 @@ def hub_fingerprint(name: str, split: str) -> tuple[str, str]:
     datasets = _datasets(online)
     try:
         builder = datasets.load_dataset_builder(name)
-    except Exception as e:  # noqa: BLE001 - the hub raises many types; all mean "not available"
+    except Exception as e:
         raise _not_available(name, online, e) from None
     how = "hub (online)" if online else "hub dataset from the local datasets cache (offline)"
     return json.dumps(["hub", name, split, builder.config_id, builder.hash]), how
@@ -242,7 +242,7 @@ def read_hub(name: str, split: str, field: str, max_samples: int | None) -> Iter
     split_spec = f"{split}[:{max_samples}]" if max_samples else split
     try:
         ds = datasets.load_dataset(name, split=split_spec)  # Arrow files in datasets' cache, memory-mapped
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise _not_available(name, online, e) from None
     if field not in ds.column_names:
         raise UserError(f"dataset {name!r} has no field {field!r} (fields: {ds.column_names}); pass --text-field")

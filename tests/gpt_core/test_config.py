@@ -8,7 +8,13 @@ from gpt_core.config import PRESETS, ConfigError, GPTConfig, get_preset
 def test_paper_preset_matches_the_paper():
     c = get_preset("paper")
     assert (c.n_layer, c.n_head, c.d_model, c.d_ff, c.context_length, c.vocab_size, c.dropout) == (
-        6, 8, 512, 2048, 256, 50257, 0.1,
+        6,
+        8,
+        512,
+        2048,
+        256,
+        50257,
+        0.1,
     )
     assert c.norm == "post" and c.head_dim == 64
 

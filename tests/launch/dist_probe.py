@@ -1,11 +1,10 @@
 """Run under `accelerate launch` by test_distributed.py: records, per process, which training rows
 this process's prepared dataloader yields in two epochs, then trains and records its final metrics."""
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
-
-import dataclasses
 
 from launch.config import DataConfig, smoke_config
 from launch.data import make_dataloader, make_dataset, prepare_data
@@ -13,8 +12,16 @@ from launch.runtime import make_accelerator
 from launch.train import train
 
 out, data = Path(sys.argv[1]), sys.argv[2]
-cfg = dataclasses.replace(smoke_config(), data=DataConfig(source=data, cache_dir=str(out / "cache")), preset="tiny",
-                          output_dir=str(out / "run"), max_steps=6, eval_every=3, sample_tokens=8, mixed_precision="no")
+cfg = dataclasses.replace(
+    smoke_config(),
+    data=DataConfig(source=data, cache_dir=str(out / "cache")),
+    preset="tiny",
+    output_dir=str(out / "run"),
+    max_steps=6,
+    eval_every=3,
+    sample_tokens=8,
+    mixed_precision="no",
+)
 accelerator = make_accelerator()
 prepared = prepare_data(cfg.data, cfg.seed, log=lambda *_: None)
 dataset = make_dataset(prepared.splits["train"], 32, "packed")
@@ -26,6 +33,14 @@ for epoch in range(2):
     rows[epoch] = [x[:, :8].tolist() for x, _ in loader]
 result = train(cfg)
 rank = accelerator.process_index
-(out / f"rank{rank}.json").write_text(json.dumps({
-    "rank": rank, "world": accelerator.num_processes, "rows": rows, "dataset_len": len(dataset), "test": result["test"],
-}))
+(out / f"rank{rank}.json").write_text(
+    json.dumps(
+        {
+            "rank": rank,
+            "world": accelerator.num_processes,
+            "rows": rows,
+            "dataset_len": len(dataset),
+            "test": result["test"],
+        }
+    )
+)

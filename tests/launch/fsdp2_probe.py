@@ -15,7 +15,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
@@ -49,8 +54,11 @@ def main(out: Path) -> None:
     config = get_preset("tiny").replace(dropout=0.0)
     reference = GPT(config)
     model = shard(copy.deepcopy(reference), init_device_mesh("cpu", (world,)))
-    result = {"tied": model.head.weight is model.embed.weight,
-              "sharded_rows": model.embed.weight.to_local().shape[0], "rows": config.vocab_size}
+    result = {
+        "tied": model.head.weight is model.embed.weight,
+        "sharded_rows": model.embed.weight.to_local().shape[0],
+        "rows": config.vocab_size,
+    }
 
     # One step: each rank its own batch; the reference averages the two ranks' losses itself.
     x, y = batch(0, rank)

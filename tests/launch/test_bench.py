@@ -6,9 +6,9 @@ import math
 import pytest
 from click.testing import CliRunner
 
-from launch.cli import cli
-from launch.bench.baselines import PaperGPT, hf_gpt2
 from gpt_core import GPT, get_preset
+from launch.bench.baselines import PaperGPT, hf_gpt2
+from launch.cli import cli
 
 pytestmark = pytest.mark.slow
 
@@ -23,8 +23,25 @@ def test_baselines_have_the_same_size_as_ours():
 
 def test_bench_command_returns_well_formed_figures(tmp_path):
     out = tmp_path / "bench.json"
-    result = CliRunner().invoke(cli, ["bench", "--preset", "tiny", "--steps", "1", "--rounds", "1", "--grad-accum", "1",
-                                      "--gen-tokens", "8", "--json", str(out)], catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "bench",
+            "--preset",
+            "tiny",
+            "--steps",
+            "1",
+            "--rounds",
+            "1",
+            "--grad-accum",
+            "1",
+            "--gen-tokens",
+            "8",
+            "--json",
+            str(out),
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0
     assert "useful tok/s" in result.stdout and "MFU" in result.stdout and "ours is" in result.stdout
     figures = json.loads(out.read_text())
@@ -32,7 +49,9 @@ def test_bench_command_returns_well_formed_figures(tmp_path):
     assert set(figures["training"]) == {"ours", "paper", "hf_gpt2"}
     for row in figures["training"].values():
         assert row["tokens_per_s"] > 0 and 0 < row["mfu"] < 1.5 and row["peak_memory_mb"] > 0
-        assert math.isclose(row["mfu"], row["tokens_per_s"] * figures["flops_per_token"] / (figures["matmul_peak_tflops"] * 1e12))
+        assert math.isclose(
+            row["mfu"], row["tokens_per_s"] * figures["flops_per_token"] / (figures["matmul_peak_tflops"] * 1e12)
+        )
         assert 0 <= row["padding_fraction"] < 1
     for kind in ("paper", "hf_gpt2"):
         row = figures["training"][kind]
@@ -42,12 +61,32 @@ def test_bench_command_returns_well_formed_figures(tmp_path):
         assert row["tokens_per_s"] > 0 and row["peak_memory_mb"] > 0
         assert math.isclose(row["vs_training"], row["tokens_per_s"] / figures["training"]["ours"]["tokens_per_s"])
     gen = figures["generation"]
-    assert gen["cached_tokens_per_s"] > 0 and math.isclose(gen["cache_speedup"], gen["cached_tokens_per_s"] / gen["uncached_tokens_per_s"])
+    assert gen["cached_tokens_per_s"] > 0 and math.isclose(
+        gen["cache_speedup"], gen["cached_tokens_per_s"] / gen["uncached_tokens_per_s"]
+    )
     assert figures["data_preparation"]["tokens"] > 0 and figures["data_preparation"]["tokens_per_s"] > 0
 
 
 def test_bench_json_to_stdout_is_one_object():
-    result = CliRunner().invoke(cli, ["bench", "--preset", "tiny", "--steps", "1", "--rounds", "1", "--grad-accum", "1",
-                                      "--no-baselines", "--gen-tokens", "4", "--json", "-"], catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "bench",
+            "--preset",
+            "tiny",
+            "--steps",
+            "1",
+            "--rounds",
+            "1",
+            "--grad-accum",
+            "1",
+            "--no-baselines",
+            "--gen-tokens",
+            "4",
+            "--json",
+            "-",
+        ],
+        catch_exceptions=False,
+    )
     figures = json.loads(result.stdout)
     assert list(figures["training"]) == ["ours"]

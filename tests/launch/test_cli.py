@@ -55,17 +55,22 @@ def test_generate_num_samples_greedy_and_interactive(run_dir):
     assert two.stdout.count("The brave knight") == 2 and "---" in two.stdout
     greedy = invoke("generate", run_dir / "checkpoints" / "best", "-p", "Tom", "--max-tokens", "6", "--greedy")
     assert greedy.exit_code == 0 and greedy.stdout.startswith("Tom")
-    session = invoke("generate", run_dir, "-i", "--max-tokens", "5", "--seed", "0", input="Once upon a time\nThe little girl\n\n")
+    session = invoke(
+        "generate", run_dir, "-i", "--max-tokens", "5", "--seed", "0", input="Once upon a time\nThe little girl\n\n"
+    )
     assert session.exit_code == 0
     assert "Once upon a time" in session.stdout and "The little girl" in session.stdout
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--temperature", "0"], "temperature must be > 0 when sampling, got 0.0; use --greedy"),
-    (["--max-tokens", "0"], "--max-tokens must be >= 1, got 0"),
-    (["--top-p", "1.5"], "top_p must be in (0, 1]"),
-    (["--prompt", "word" + " word" * 39], "prompt has 40 tokens but the model's context is 32"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--temperature", "0"], "temperature must be > 0 when sampling, got 0.0; use --greedy"),
+        (["--max-tokens", "0"], "--max-tokens must be >= 1, got 0"),
+        (["--top-p", "1.5"], "top_p must be in (0, 1]"),
+        (["--prompt", "word" + " word" * 39], "prompt has 40 tokens but the model's context is 32"),
+    ],
+)
 def test_generate_bad_arguments_are_one_line_errors(run_dir, args, words):
     result = CliRunner().invoke(cli, ["generate", str(run_dir), "--max-tokens", "3", *args])
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -95,11 +100,25 @@ def reference_metrics(run_dir, layout_rows):
 
 def test_evaluate_is_exp_of_mean_token_loss(run_dir, tmp_path):
     out = tmp_path / "metrics.json"
-    args = ["evaluate", run_dir, "--data", SMOKE_DATA, "--split", "validation", "--data-cache", tmp_path / "c",
-            "--batch-size", "3", "--json-out", out]
+    args = [
+        "evaluate",
+        run_dir,
+        "--data",
+        SMOKE_DATA,
+        "--split",
+        "validation",
+        "--data-cache",
+        tmp_path / "c",
+        "--batch-size",
+        "3",
+        "--json-out",
+        out,
+    ]
     assert invoke(*args).exit_code == 0
     got = json.loads(out.read_text())
-    split = prepare_data(DataConfig(source=str(SMOKE_DATA), cache_dir=str(tmp_path / "c")), log=lambda *_: None).splits["validation"]
+    split = prepare_data(DataConfig(source=str(SMOKE_DATA), cache_dir=str(tmp_path / "c")), log=lambda *_: None).splits[
+        "validation"
+    ]
     ds = PackedDataset(split, 32)
     loss, acc, tokens = reference_metrics(run_dir, [ds[i] for i in range(len(ds))])
     assert got["tokens"] == tokens == len(ds) * 32
@@ -110,17 +129,33 @@ def test_evaluate_is_exp_of_mean_token_loss(run_dir, tmp_path):
 def test_evaluate_takes_the_data_settings_from_the_run(run_dir, tmp_path):
     """No --data: the run's own train_config.json says which stories and split, not the paper's hub default."""
     out = tmp_path / "m.json"
-    result = run_cli([PYTHON, "-m", "launch.cli", "evaluate", run_dir, "--split", "validation", "--json-out", out],
-                     env={"HF_HUB_OFFLINE": "1"})
+    result = run_cli(
+        [PYTHON, "-m", "launch.cli", "evaluate", run_dir, "--split", "validation", "--json-out", out],
+        env={"HF_HUB_OFFLINE": "1"},
+    )
     assert "data settings from" in result.stdout and "train_config.json" in result.stdout
     assert json.loads(out.read_text())["data"] == str(SMOKE_DATA)
 
 
 def test_evaluate_padded_counts_no_padding(run_dir, tmp_path):
     out = tmp_path / "m.json"
-    invoke("evaluate", run_dir, "--data", SMOKE_DATA, "--split", "test", "--layout", "padded", "--data-cache", tmp_path / "c",
-           "--json-out", out)
-    split = prepare_data(DataConfig(source=str(SMOKE_DATA), cache_dir=str(tmp_path / "c")), log=lambda *_: None).splits["test"]
+    invoke(
+        "evaluate",
+        run_dir,
+        "--data",
+        SMOKE_DATA,
+        "--split",
+        "test",
+        "--layout",
+        "padded",
+        "--data-cache",
+        tmp_path / "c",
+        "--json-out",
+        out,
+    )
+    split = prepare_data(DataConfig(source=str(SMOKE_DATA), cache_dir=str(tmp_path / "c")), log=lambda *_: None).splits[
+        "test"
+    ]
     expected_tokens = int((np.minimum(split.story_lengths, 33) - 1).sum())
     assert json.loads(out.read_text())["tokens"] == expected_tokens
 
@@ -128,8 +163,17 @@ def test_evaluate_padded_counts_no_padding(run_dir, tmp_path):
 def test_evaluate_two_processes_match_one(run_dir, tmp_path):
     # 9 validation rows over 2 processes x batch 2: Accelerate repeats rows to even out the last
     # batch; gather_for_metrics must drop them so every token is counted once.
-    common = [str(run_dir), "--data", str(SMOKE_DATA), "--split", "validation", "--batch-size", "2",
-              "--data-cache", str(tmp_path / "c")]
+    common = [
+        str(run_dir),
+        "--data",
+        str(SMOKE_DATA),
+        "--split",
+        "validation",
+        "--batch-size",
+        "2",
+        "--data-cache",
+        str(tmp_path / "c"),
+    ]
     run_cli([PYTHON, "-m", "launch.cli", "evaluate", *common, "--json-out", str(tmp_path / "one.json")])
     run_cli(launch_two("-m", "launch.cli", "evaluate", *common, "--json-out", str(tmp_path / "two.json")))
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))

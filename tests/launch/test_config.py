@@ -7,7 +7,14 @@ import pytest
 
 from launch.cli import cli, train_command
 from launch.config import (
-    SMOKE_DATA, DataConfig, TrainConfig, flag_of, for_next_session, leaf_fields, replace_paths, resume_changes,
+    SMOKE_DATA,
+    DataConfig,
+    TrainConfig,
+    flag_of,
+    for_next_session,
+    leaf_fields,
+    replace_paths,
+    resume_changes,
     smoke_config,
 )
 from launch.errors import UserError
@@ -31,25 +38,31 @@ def test_choices_come_from_the_literal_types():
     assert options["betas"].nargs == 2 and options["prompts"].multiple
 
 
-@pytest.mark.parametrize("bad, words", [
-    ({"batch_size": 0}, "--batch-size must be >= 1, got 0"),
-    ({"lr": -1.0}, "--lr must be > 0"),
-    ({"tracker": "mlflow"}, "--tracker must be one of none, wandb, tensorboard"),
-    ({"layout": "ragged"}, "--layout must be one of packed, padded"),
-    ({"grad_accum": 0}, "--grad-accum must be >= 1"),
-    ({"max_minutes": 0}, "--max-minutes must be > 0"),
-    ({"mixed_precision": "fp8"}, "--mixed-precision must be one of no, fp16, bf16"),
-])
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        ({"batch_size": 0}, "--batch-size must be >= 1, got 0"),
+        ({"lr": -1.0}, "--lr must be > 0"),
+        ({"tracker": "mlflow"}, "--tracker must be one of none, wandb, tensorboard"),
+        ({"layout": "ragged"}, "--layout must be one of packed, padded"),
+        ({"grad_accum": 0}, "--grad-accum must be >= 1"),
+        ({"max_minutes": 0}, "--max-minutes must be > 0"),
+        ({"mixed_precision": "fp8"}, "--mixed-precision must be one of no, fp16, bf16"),
+    ],
+)
 def test_bad_training_configs_name_the_flag(bad, words):
     with pytest.raises(UserError, match=words):
         TrainConfig(**bad)
 
 
-@pytest.mark.parametrize("bad, words", [
-    ({"max_samples": 2}, "--max-samples must be >= 3"),
-    ({"split_mode": "random"}, "--split-mode must be one of paper, shuffle, source"),
-    ({"train_fraction": 0.8, "validation_fraction": 0.2}, "must leave room for a test split"),
-])
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        ({"max_samples": 2}, "--max-samples must be >= 3"),
+        ({"split_mode": "random"}, "--split-mode must be one of paper, shuffle, source"),
+        ({"train_fraction": 0.8, "validation_fraction": 0.2}, "must leave room for a test split"),
+    ],
+)
 def test_bad_data_configs_name_the_flag(bad, words):
     with pytest.raises(UserError, match=words):
         DataConfig(**bad)
@@ -63,7 +76,7 @@ def test_one_seed():
 def test_the_paper_values_live_in_the_defaults_and_the_smoke_run_derives_from_them():
     from recipes.tinystories import RECIPE
 
-    assert RECIPE == TrainConfig()  # the recipe restates nothing
+    assert TrainConfig() == RECIPE  # the recipe restates nothing
     paper = TrainConfig()
     assert (paper.lr, paper.betas, paper.grad_accum, paper.data.max_samples) == (2e-4, (0.9, 0.95), 8, 270_000)
     smoke = smoke_config()
@@ -78,8 +91,9 @@ def test_settings_round_trip_through_json():
 
 def test_resume_changes_are_grouped_by_what_they_break():
     saved = TrainConfig(stop_after_steps=5, max_minutes=10.0)
-    now = replace_paths(saved, {"data.source": "other.jsonl", "batch_size": 3, "lr": 1e-3, "log_every": 1,
-                                "stop_after_steps": 7})
+    now = replace_paths(
+        saved, {"data.source": "other.jsonl", "batch_size": 3, "lr": 1e-3, "log_every": 1, "stop_after_steps": 7}
+    )
     changes = resume_changes(saved, now)
     assert changes["fixed"] == ["--data 'roneneldan/TinyStories' -> 'other.jsonl'", "--batch-size None -> 3"]
     assert changes["warn"] == ["--lr 0.0002 -> 0.001"]
@@ -94,6 +108,19 @@ def test_help_shows_every_option_with_the_paper_defaults():
 
     result = CliRunner().invoke(cli, ["train", "--help"])
     assert result.exit_code == 0
-    for words in ("--smoke", "--data", "--resume", "--allow-changes", "--betas", "--grad-clip", "--keep-last",
-                  "--min-chars", "--train-fraction", "--validation-fraction", "--seed", "270000", "0.0002"):
+    for words in (
+        "--smoke",
+        "--data",
+        "--resume",
+        "--allow-changes",
+        "--betas",
+        "--grad-clip",
+        "--keep-last",
+        "--min-chars",
+        "--train-fraction",
+        "--validation-fraction",
+        "--seed",
+        "270000",
+        "0.0002",
+    ):
         assert words in result.output, words

@@ -30,17 +30,41 @@ def test_two_processes_split_the_data_and_agree(tmp_path):
     assert ranks[0]["rows"]["0"] != ranks[0]["rows"]["1"], "each epoch is shuffled anew"
     assert ranks[0]["test"] == ranks[1]["test"], "the final metrics are the same on every process"
     run = tmp_path / "run"
-    steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()
-             if json.loads(l)["kind"] == "train"]
+    steps = [
+        json.loads(l)["step"]
+        for l in (run / "metrics.jsonl").read_text().splitlines()
+        if json.loads(l)["kind"] == "train"
+    ]
     assert steps == sorted(set(steps)), "one set of logs, written once"
     assert json.loads((run / "summary.json").read_text())["hardware"]["processes"] == 2
 
 
 def test_deepspeed_zero2_on_two_cpu_processes(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli(["accelerate", "launch", "--config_file", "launch/deepspeed_zero2.yaml", "--num_processes", "2",
-                    "--mixed_precision", "no", "recipes/tinystories.py", "--smoke", "--preset", "tiny", "--max-steps", "4",
-                    "--output-dir", str(out), "--data-cache", str(tmp_path / "cache"), "--sample-tokens", "8"])
+    proc = run_cli(
+        [
+            "accelerate",
+            "launch",
+            "--config_file",
+            "launch/deepspeed_zero2.yaml",
+            "--num_processes",
+            "2",
+            "--mixed_precision",
+            "no",
+            "recipes/tinystories.py",
+            "--smoke",
+            "--preset",
+            "tiny",
+            "--max-steps",
+            "4",
+            "--output-dir",
+            str(out),
+            "--data-cache",
+            str(tmp_path / "cache"),
+            "--sample-tokens",
+            "8",
+        ]
+    )
     assert "train: 2 process(es)" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["hardware"]["processes"] == 2 and summary["steps"] == 4
@@ -61,14 +85,39 @@ def test_deepspeed_zero3_shards_parameters_and_resumes(tmp_path):
     from gpt_core import get_preset, load_pretrained
 
     out = tmp_path / "run"
-    args = ["accelerate", "launch", "--config_file", "launch/deepspeed_zero3.yaml", "--num_processes", "2",
-            "--mixed_precision", "no", "recipes/tinystories.py", "--smoke", "--preset", "tiny", "--max-steps", "4",
-            "--output-dir", str(out), "--data-cache", str(tmp_path / "cache"), "--sample-tokens", "8", "--log-every", "1"]
+    args = [
+        "accelerate",
+        "launch",
+        "--config_file",
+        "launch/deepspeed_zero3.yaml",
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        "recipes/tinystories.py",
+        "--smoke",
+        "--preset",
+        "tiny",
+        "--max-steps",
+        "4",
+        "--output-dir",
+        str(out),
+        "--data-cache",
+        str(tmp_path / "cache"),
+        "--sample-tokens",
+        "8",
+        "--log-every",
+        "1",
+    ]
     paused = run_cli(args + ["--stop-after-steps", "2"])
     assert "paused at step 2" in paused.stdout + paused.stderr
     shards = sorted(p.name for p in (out / "checkpoints" / "step-0000002" / "state" / "pytorch_model").glob("*.pt"))
-    assert shards == ["zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
-                      "zero_pp_rank_1_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    assert shards == [
+        "zero_pp_rank_0_mp_rank_00_model_states.pt",
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "zero_pp_rank_1_mp_rank_00_model_states.pt",
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    ]
     resumed = run_cli(args + ["--resume", "auto"])
     assert "resume: " in resumed.stdout
     summary = json.loads((out / "summary.json").read_text())
@@ -81,8 +130,13 @@ def test_deepspeed_zero3_shards_parameters_and_resumes(tmp_path):
 # ---- past one machine, on one host -------------------------------------------------------------------
 def two_process_run(out: Path, *launcher_flags, extra=()) -> list[str]:
     """`accelerate launch` of a tiny two-process CPU run with the given launcher flags."""
-    return launch_two(*launcher_flags, "-m", "launch.cli", "train",
-                      *tiny_run_options(out, "--max-steps", "6", "--log-every", "1", *extra))
+    return launch_two(
+        *launcher_flags,
+        "-m",
+        "launch.cli",
+        "train",
+        *tiny_run_options(out, "--max-steps", "6", "--log-every", "1", *extra),
+    )
 
 
 def run_records(run_dir: Path) -> list[tuple]:
@@ -102,12 +156,12 @@ def worker(launcher: subprocess.Popen, rank: int):
     raise AssertionError(f"no rank {rank} under the launcher")
 
 
-
 def start(args: list[str], log: Path, env=None) -> subprocess.Popen:
     """A launcher in the background in its own process group, its output to a file (a pipe nobody
     reads would fill and block it)."""
-    return subprocess.Popen(args, env=child_env(env), stdout=log.open("w"), stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        args, env=child_env(env), stdout=log.open("w"), stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
 
 
 def finish(launcher: subprocess.Popen, log: Path, timeout: float = 300) -> str:
@@ -115,7 +169,9 @@ def finish(launcher: subprocess.Popen, log: Path, timeout: float = 300) -> str:
         launcher.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         launcher.kill()
-        raise AssertionError(f"the launcher did not end in {timeout} s:\n{log.read_text(errors='replace')[-4000:]}") from None
+        raise AssertionError(
+            f"the launcher did not end in {timeout} s:\n{log.read_text(errors='replace')[-4000:]}"
+        ) from None
     return log.read_text(errors="replace")
 
 
@@ -133,9 +189,23 @@ def test_two_machines_on_loopback_train_as_one_two_process_host(tmp_path):
     run_cli(two_process_run(single))
     multi = tmp_path / "multi" / "run"
     logs, port = [tmp_path / f"machine{rank}.log" for rank in (0, 1)], free_port()
-    nodes = [start(two_process_run(multi, "--num_machines", "2", "--machine_rank", str(rank),
-                                   "--main_process_ip", "127.0.0.1", "--main_process_port", str(port)), logs[rank])
-             for rank in (0, 1)]
+    nodes = [
+        start(
+            two_process_run(
+                multi,
+                "--num_machines",
+                "2",
+                "--machine_rank",
+                str(rank),
+                "--main_process_ip",
+                "127.0.0.1",
+                "--main_process_port",
+                str(port),
+            ),
+            logs[rank],
+        )
+        for rank in (0, 1)
+    ]
     outputs = [finish(node, log) for node, log in zip(nodes, logs, strict=True)]
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     assert "train: 2 process(es)" in outputs[0]
@@ -152,9 +222,24 @@ def test_a_killed_rank_restarts_the_group_from_the_last_checkpoint(tmp_path):
     run_cli(two_process_run(plain, extra=extra))
     out = tmp_path / "elastic" / "run"
     log = tmp_path / "elastic.log"
-    launcher = start(two_process_run(out, "--max_restarts", "1", "--monitor_interval", "1", "--rdzv_backend", "c10d",
-                                     "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
-                                     extra=extra), log, env={"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"})
+    launcher = start(
+        two_process_run(
+            out,
+            "--max_restarts",
+            "1",
+            "--monitor_interval",
+            "1",
+            "--rdzv_backend",
+            "c10d",
+            "--main_process_ip",
+            "127.0.0.1",
+            "--main_process_port",
+            str(free_port()),
+            extra=extra,
+        ),
+        log,
+        env={"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"},
+    )
     wait_for(out / "checkpoints" / "step-0000008", launcher)
     worker(launcher, 1).send_signal(signal.SIGKILL)
     output = finish(launcher, log)
@@ -174,8 +259,12 @@ def test_restarts_without_a_fresh_store_are_refused_in_one_line(tmp_path):
 def test_a_hung_rank_ends_the_run_after_the_collective_timeout(tmp_path):
     out = tmp_path / "run"
     log = tmp_path / "run.log"
-    launcher = start(two_process_run(out, extra=("--max-steps", "40", "--epochs", "8", "--save-every", "4",
-                                                 "--collective-timeout", "4")), log)
+    launcher = start(
+        two_process_run(
+            out, extra=("--max-steps", "40", "--epochs", "8", "--save-every", "4", "--collective-timeout", "4")
+        ),
+        log,
+    )
     wait_for(out / "checkpoints" / "step-0000004", launcher)
     hung = worker(launcher, 1)
     hung.send_signal(signal.SIGSTOP)  # alive, holding its sockets, answering nothing
@@ -185,16 +274,26 @@ def test_a_hung_rank_ends_the_run_after_the_collective_timeout(tmp_path):
         if hung.is_running():
             hung.kill()
     assert launcher.returncode != 0
-    assert "[rank 0] error: a collective operation timed out: another process stopped responding " \
-           "(--collective-timeout 4 s); this process (rank 0) stops" in output
+    assert (
+        "[rank 0] error: a collective operation timed out: another process stopped responding "
+        "(--collective-timeout 4 s); this process (rank 0) stops" in output
+    )
 
 
 def test_sigterm_to_a_single_process_launcher_checkpoints_instead_of_orphaning(tmp_path):
     """`accelerate launch` (one process) dies on SIGTERM without forwarding it; the training process
     follows it (PR_SET_PDEATHSIG), saves where it is, and the run resumes from there."""
     out = tmp_path / "run"
-    args = ["accelerate", "launch", "--config_file", "launch/cpu.yaml", "-m", "launch.cli", "train",
-            *tiny_run_options(out, "--max-steps", "60", "--epochs", "20", "--log-every", "1", "--save-every", "4")]
+    args = [
+        "accelerate",
+        "launch",
+        "--config_file",
+        "launch/cpu.yaml",
+        "-m",
+        "launch.cli",
+        "train",
+        *tiny_run_options(out, "--max-steps", "60", "--epochs", "20", "--log-every", "1", "--save-every", "4"),
+    ]
     launcher = start(args, tmp_path / "run.log")
     wait_for(out / "checkpoints" / "step-0000004", launcher)
     training = worker(launcher, 0)
@@ -221,9 +320,24 @@ def test_fsdp2_shards_the_tied_model_and_resumes_exactly_on_two_cpu_processes(tm
 
 
 def test_accelerate_fsdp_on_cpus_is_refused_instead_of_training_each_rank_alone(tmp_path):
-    result = run_cli(["accelerate", "launch", "--config_file", "launch/fsdp2.yaml", "--num_processes", "2",
-                      "--mixed_precision", "no", "-m", "launch.cli", "train", *tiny_run_options(tmp_path / "run")],
-                     check=False, timeout=300)
+    result = run_cli(
+        [
+            "accelerate",
+            "launch",
+            "--config_file",
+            "launch/fsdp2.yaml",
+            "--num_processes",
+            "2",
+            "--mixed_precision",
+            "no",
+            "-m",
+            "launch.cli",
+            "train",
+            *tiny_run_options(tmp_path / "run"),
+        ],
+        check=False,
+        timeout=300,
+    )
     assert result.returncode != 0 and "error: FSDP runs only on GPUs under Accelerate" in result.stderr
 
 

@@ -19,7 +19,13 @@ def export(run_dir, out, *extra, env=None, check=True):
 def test_exported_folder_loads_and_its_card_holds_the_real_metrics(wandb_offline_run, tmp_path):
     out = tmp_path / "tiny-stories-model"
     export(wandb_offline_run, out)
-    assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "tokenizer_config.json", "README.md", "curves.png"}
+    assert {p.name for p in out.iterdir()} == {
+        "model.safetensors",
+        "config.json",
+        "tokenizer_config.json",
+        "README.md",
+        "curves.png",
+    }
     exported, best = load_pretrained(out), load_pretrained(wandb_offline_run / "checkpoints" / "best")
     for (name, a), (_, b) in zip(exported.state_dict().items(), best.state_dict().items(), strict=True):
         assert torch.equal(a, b), name

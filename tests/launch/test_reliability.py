@@ -28,7 +28,9 @@ def train(out, *extra, env=None, check=True, **kw):
 
 
 def start(args, env=None):
-    return subprocess.Popen(args, cwd=REPO, env=child_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        args, cwd=REPO, env=child_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def wait_for_step(run_dir, step, proc, timeout=120):
@@ -49,8 +51,7 @@ def one_error_line(proc, words):
 
 
 # The small preset keeps the paper's dropout (0.1): every resume below must be exact with it on.
-COMMON = ["--preset", "small", "--max-steps", "16", "--epochs", "10", "--save-every", "2",
-          "--eval-every", "8"]
+COMMON = ["--preset", "small", "--max-steps", "16", "--epochs", "10", "--save-every", "2", "--eval-every", "8"]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,9 @@ def test_sigkill_while_writing_a_checkpoint_never_leaves_a_pickable_one(tmp_path
     assert killed.returncode == -signal.SIGKILL
     ckpts = out / "checkpoints"
     assert sorted(p.name for p in ckpts.glob("step-*"))[-1] == "step-0000004"
-    assert [p.name for p in ckpts.glob(".tmp-step-*")] == [".tmp-step-0000006"], "the half-written one keeps its temporary name"
+    assert [p.name for p in ckpts.glob(".tmp-step-*")] == [".tmp-step-0000006"], (
+        "the half-written one keeps its temporary name"
+    )
     resumed = train(out, *COMMON, "--resume", "auto")
     assert "step-0000004" in resumed.stdout
     assert losses(out) == straight
@@ -136,8 +139,15 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, straight
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     full = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled"}
-    proc = subprocess.run(train_args(out, *COMMON, "--resume", "auto"), cwd=REPO, env=full, capture_output=True,
-                          text=True, preexec_fn=limit_file_size, timeout=300)
+    proc = subprocess.run(
+        train_args(out, *COMMON, "--resume", "auto"),
+        cwd=REPO,
+        env=full,
+        capture_output=True,
+        text=True,
+        preexec_fn=limit_file_size,
+        timeout=300,
+    )
     one_error_line(proc, "no space left")
     assert "the previous checkpoint step-0000004 is intact" in proc.stderr
     after = {p.name: p.stat().st_size for p in (out / "checkpoints" / "step-0000004").rglob("*") if p.is_file()}
@@ -149,18 +159,23 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, straight
 
 
 # ---- bad input --------------------------------------------------------------------------------
-@pytest.mark.parametrize("args, words", [
-    (["--data", "missing/stories.jsonl"], "data path missing/stories.jsonl does not exist"),
-    (["--batch-size", "0"], "--batch-size must be >= 1"),
-    (["--lr", "-0.001"], "--lr must be > 0, got -0.001"),
-    (["--preset", "gigantic"], "unknown preset 'gigantic'"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--data", "missing/stories.jsonl"], "data path missing/stories.jsonl does not exist"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--lr", "-0.001"], "--lr must be > 0, got -0.001"),
+        (["--preset", "gigantic"], "unknown preset 'gigantic'"),
+    ],
+)
 def test_bad_training_input_is_one_line(tmp_path, args, words):
     one_error_line(train(tmp_path / "run", *args, check=False), words)
 
 
 def test_impossible_model_config_file(tmp_path):
-    (tmp_path / "model.json").write_text(json.dumps({"d_model": 64, "n_head": 6, "context_length": 32, "n_layer": 1, "d_ff": 64}))
+    (tmp_path / "model.json").write_text(
+        json.dumps({"d_model": 64, "n_head": 6, "context_length": 32, "n_layer": 1, "d_ff": 64})
+    )
     proc = train(tmp_path / "run", "--model-config", str(tmp_path / "model.json"), check=False)
     one_error_line(proc, "d_model (64) must be divisible by n_head (6)")
 
@@ -169,12 +184,19 @@ def test_empty_and_unparseable_data(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     one_error_line(train(tmp_path / "r1", "--data", str(tmp_path / "empty.jsonl"), check=False), "is empty")
     (tmp_path / "bad.jsonl").write_text('{"text": "A good story about a dog."}\n{"text": oops}\n')
-    one_error_line(train(tmp_path / "r2", "--data", str(tmp_path / "bad.jsonl"), check=False), "bad.jsonl:2: not valid JSON")
+    one_error_line(
+        train(tmp_path / "r2", "--data", str(tmp_path / "bad.jsonl"), check=False), "bad.jsonl:2: not valid JSON"
+    )
 
 
 def test_unreachable_hub_with_no_local_data(tmp_path):
-    proc = train(tmp_path / "run", "--data", "roneneldan/TinyStories", check=False,
-                 env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    proc = train(
+        tmp_path / "run",
+        "--data",
+        "roneneldan/TinyStories",
+        check=False,
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+    )
     one_error_line(proc, "cannot reach the Hugging Face hub")
 
 
@@ -268,8 +290,15 @@ def test_disk_full_at_the_first_checkpoint_does_not_promise_an_earlier_one(tmp_p
     def limit_file_size():
         resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
 
-    proc = subprocess.run(train_args(tmp_path / "run", "--max-steps", "4", "--save-every", "1"), cwd=REPO,
-                          env=child_env(), capture_output=True, text=True, preexec_fn=limit_file_size, timeout=300)
+    proc = subprocess.run(
+        train_args(tmp_path / "run", "--max-steps", "4", "--save-every", "1"),
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        preexec_fn=limit_file_size,
+        timeout=300,
+    )
     one_error_line(proc, "no earlier checkpoint exists")
     assert "intact" not in proc.stderr
 

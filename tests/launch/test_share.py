@@ -31,7 +31,9 @@ def test_report_panels_refer_only_to_logged_keys(wandb_offline_run):
     grids = [b for b in report.blocks if isinstance(b, wr.PanelGrid)]
     panels = [p for g in grids for p in g.panels]
     plotted = [key for p in panels if isinstance(p, wr.LinePlot) for key in p.y]
-    assert {"train/loss", "eval/loss", "eval/perplexity", "eval/accuracy", "train/lr", "train/tokens_per_s"} <= set(plotted)
+    assert {"train/loss", "eval/loss", "eval/perplexity", "eval/accuracy", "train/lr", "train/tokens_per_s"} <= set(
+        plotted
+    )
     assert all(run.logged.get(key) == "number" for key in plotted)
     assert [p.media_keys for p in panels if isinstance(p, wr.MediaBrowser)] == [["curves"]]
     assert [p.table_name for p in panels if isinstance(p, wr.WeavePanelSummaryTable)] == ["samples"]
@@ -43,7 +45,9 @@ def test_report_panels_refer_only_to_logged_keys(wandb_offline_run):
 
 
 def test_share_offline_saves_the_spec_and_says_what_to_run(wandb_offline_run):
-    result = run_cli([PYTHON, "-m", "launch.cli", "share", wandb_offline_run], env={"WANDB_MODE": "offline"}, check=False)
+    result = run_cli(
+        [PYTHON, "-m", "launch.cli", "share", wandb_offline_run], env={"WANDB_MODE": "offline"}, check=False
+    )
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     (run,) = wandb_runs(wandb_offline_run)
     assert f"wandb sync {run.folder}" in result.stderr and f"gpt-launch share {wandb_offline_run}" in result.stderr
@@ -56,7 +60,9 @@ def test_share_without_network_fails_fast_and_keeps_the_key_secret(wandb_offline
     result = run_cli([PYTHON, "-m", "launch.cli", "share", wandb_offline_run], env=env, check=False, timeout=60)
     assert result.returncode == 2 and "cannot reach http://127.0.0.1:9" in result.stderr
     assert "Traceback" not in result.stderr
-    written = "".join(p.read_text(errors="ignore") for p in wandb_offline_run.rglob("*") if p.is_file() and p.suffix == ".json")
+    written = "".join(
+        p.read_text(errors="ignore") for p in wandb_offline_run.rglob("*") if p.is_file() and p.suffix == ".json"
+    )
     assert SECRET not in result.stdout + result.stderr and SECRET not in written
 
 

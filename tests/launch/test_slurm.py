@@ -18,13 +18,28 @@ SCRIPT = REPO / "launch" / "slurm" / "train.sbatch"
 
 
 def test_the_script_builds_one_launcher_per_node_with_c10d_rendezvous_and_resume():
-    env = {"GPT_LAUNCH_DRY_RUN": "1", "SLURM_JOB_NUM_NODES": "4", "SLURM_JOB_NODELIST": "gpu[01-04]",
-           "SLURM_JOB_ID": "123456", "GPUS_PER_NODE": "8", "MASTER_ADDR": "gpu01"}
+    env = {
+        "GPT_LAUNCH_DRY_RUN": "1",
+        "SLURM_JOB_NUM_NODES": "4",
+        "SLURM_JOB_NODELIST": "gpu[01-04]",
+        "SLURM_JOB_ID": "123456",
+        "GPUS_PER_NODE": "8",
+        "MASTER_ADDR": "gpu01",
+    }
     command = run_cli(["bash", SCRIPT, "--data", "/shared/tiny stories", "--lr", "3e-4"], env=env).stdout.strip()
     assert command.startswith("srun --kill-on-bad-exit=1 --ntasks-per-node=1 bash -c exec accelerate launch")
-    for part in ("--num_machines 4", "--num_processes 32", "--machine_rank $SLURM_NODEID", "--main_process_ip gpu01",
-                 "--main_process_port 29956", "--rdzv_backend c10d", "--max_restarts 2", "recipes/tinystories.py",
-                 "--resume auto", r"--data /shared/tiny\ stories --lr 3e-4"):
+    for part in (
+        "--num_machines 4",
+        "--num_processes 32",
+        "--machine_rank $SLURM_NODEID",
+        "--main_process_ip gpu01",
+        "--main_process_port 29956",
+        "--rdzv_backend c10d",
+        "--max_restarts 2",
+        "recipes/tinystories.py",
+        "--resume auto",
+        r"--data /shared/tiny\ stories --lr 3e-4",
+    ):
         assert part in command, part
     text = SCRIPT.read_text()
     assert "#SBATCH --signal=TERM@120" in text and "#SBATCH --requeue" in text
@@ -53,14 +68,30 @@ def wait_until(condition, what: str, timeout: float = 240) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not slurm_answers(), reason="no Slurm controller answers on this host (sbatch/sinfo absent or down)")
+@pytest.mark.skipif(
+    not slurm_answers(), reason="no Slurm controller answers on this host (sbatch/sinfo absent or down)"
+)
 def test_a_preempted_job_saves_and_its_requeue_resumes_to_the_same_losses(tmp_path):
     out = tmp_path / "run"
     train_options = tiny_run_options(out, "--max-steps", "40", "--save-every", "4", "--epochs", "8", "--log-every", "1")
     env = child_env({"GPUS_PER_NODE": "2", "ACCELERATE_ARGS": "--mixed_precision no"})
-    job = subprocess.run(["sbatch", "--parsable", "--nodes=1", "--cpus-per-task=2", "--gpus-per-node=0",
-                          f"--output={tmp_path}/job-%j.out", str(SCRIPT), *train_options],
-                         cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout.strip()
+    job = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--nodes=1",
+            "--cpus-per-task=2",
+            "--gpus-per-node=0",
+            f"--output={tmp_path}/job-%j.out",
+            str(SCRIPT),
+            *train_options,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     log = Path(tmp_path / f"job-{job}.out")
     try:
         wait_until(lambda: (out / "checkpoints" / "step-0000008").exists(), "the first checkpoints")
@@ -81,7 +112,13 @@ def test_a_preempted_job_saves_and_its_requeue_resumes_to_the_same_losses(tmp_pa
     text = log.read_text(errors="replace")
     assert "restart 1" in text and "resume: " + str(out / "checkpoints" / "step-") in text
     plain = tmp_path / "plain" / "run"
-    run_cli(launch_two("-m", "launch.cli", "train", *tiny_run_options(plain, "--max-steps", "40", "--save-every", "4",
-                                                                     "--epochs", "8", "--log-every", "1")))
+    run_cli(
+        launch_two(
+            "-m",
+            "launch.cli",
+            "train",
+            *tiny_run_options(plain, "--max-steps", "40", "--save-every", "4", "--epochs", "8", "--log-every", "1"),
+        )
+    )
     assert losses(out) == losses(plain)
     assert json.loads((out / "summary.json").read_text())["steps"] == 40

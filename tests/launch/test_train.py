@@ -65,7 +65,6 @@ def test_loss_window_means_over_micro_batches_and_restarts(accelerator):
     assert window.read(accelerator, tokens=500)[0] == pytest.approx(1.0)
 
 
-
 def test_loss_window_leaves_paused_time_out_of_tokens_per_s(accelerator):
     window = LossWindow(torch.device("cpu"), tokens=0)
     time.sleep(0.05)
@@ -75,21 +74,38 @@ def test_loss_window_leaves_paused_time_out_of_tokens_per_s(accelerator):
     _, tokens_per_s = window.read(accelerator, tokens=1000)
     assert tokens_per_s > 1000 / 0.4  # the 0.5 s pause would have made it under 1000 / 0.55
 
+
 # ---- the loop, run for real ---------------------------------------------------------------------
 @pytest.mark.slow
 def test_recipe_smoke_run_end_to_end(tmp_path):
     """`accelerate launch recipes/tinystories.py --smoke`: every stage leaves its artefact."""
     out = tmp_path / "smoke"
-    proc = run_cli(["accelerate", "launch", "--config_file", "launch/cpu.yaml", "recipes/tinystories.py", "--smoke",
-                    "--output-dir", out, "--data-cache", tmp_path / "cache"])
+    proc = run_cli(
+        [
+            "accelerate",
+            "launch",
+            "--config_file",
+            "launch/cpu.yaml",
+            "recipes/tinystories.py",
+            "--smoke",
+            "--output-dir",
+            out,
+            "--data-cache",
+            tmp_path / "cache",
+        ]
+    )
     assert "data: train" in proc.stdout and "test (best weights" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stop_reason"] in ("completed", "early stopping: no validation improvement in 3 evaluations")
     assert summary["model"]["preset"] == "small" and summary["hardware"]["processes"] == 1
     assert math.isfinite(summary["test"]["perplexity"]) and summary["test"]["tokens"] > 0
     assert summary["test"]["perplexity"] == pytest.approx(math.exp(summary["test"]["loss"]))
-    assert [s["prompt"] for s in summary["samples"]] == ["Once upon a time", "The little girl", "In a magical forest",
-                                                         "The brave knight"]
+    assert [s["prompt"] for s in summary["samples"]] == [
+        "Once upon a time",
+        "The little girl",
+        "In a magical forest",
+        "The brave knight",
+    ]
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     train, evals = records(out, "train"), records(out, "eval")
     assert train[-1]["loss"] < train[0]["loss"] - 1.0, "the smoke run should visibly learn"
@@ -99,7 +115,9 @@ def test_recipe_smoke_run_end_to_end(tmp_path):
     steps = sorted((out / "checkpoints").glob("step-*"))
     assert 1 <= len(steps) <= 2 and all((s / "state").is_dir() and (s / "model.safetensors").is_file() for s in steps)
     # the weights are stored once per checkpoint: Accelerate's own copy is not written
-    assert not [p for s in steps for p in (s / "state").iterdir() if p.suffix in (".safetensors", ".bin") and "model" in p.name]
+    assert not [
+        p for s in steps for p in (s / "state").iterdir() if p.suffix in (".safetensors", ".bin") and "model" in p.name
+    ]
     assert not list((out / "checkpoints").glob(".tmp-*"))
     # noise that is ours to silence
     for noise in ("Removed shared tensor", "Setting accelerator to CPU"):
@@ -126,8 +144,7 @@ def test_resume_with_dropout_continues_bit_for_bit(tmp_path, straight):
     assert "paused at step 5" in paused.stdout + paused.stderr
     assert not (out / "summary.json").exists()
     # No --data or --preset: with the hub unreachable, only the saved settings can make this work.
-    resumed = run_cli(["gpt-launch", "train", "--resume", "auto", "--output-dir", out],
-                      env={"HF_HUB_OFFLINE": "1"})
+    resumed = run_cli(["gpt-launch", "train", "--resume", "auto", "--output-dir", out], env={"HF_HUB_OFFLINE": "1"})
     assert "resume: " in resumed.stdout and "step 5" in resumed.stdout
     assert json.loads((out / "summary.json").read_text())["model"]["dropout"] == 0.1
     again, first = records(out, "train"), records(straight, "train")
@@ -158,14 +175,29 @@ def test_resume_refuses_changes_that_break_exact_continuation(tmp_path, straight
     for ckpt in sorted((run / "checkpoints").glob("step-*"))[1:]:  # an unfinished run: its first checkpoint only
         shutil.rmtree(ckpt)
     saved = (run / "train_config.json").read_text()
-    refused = run_cli(["gpt-launch", "train", "--resume", "auto", "--output-dir", run, "--batch-size", "3",
-                       "--seed", "9"], check=False)
+    refused = run_cli(
+        ["gpt-launch", "train", "--resume", "auto", "--output-dir", run, "--batch-size", "3", "--seed", "9"],
+        check=False,
+    )
     errors = [line for line in refused.stderr.splitlines() if "error:" in line]
     assert refused.returncode == 2 and len(errors) == 1, refused.stderr[-2000:]
     assert "--batch-size 2 -> 3" in errors[0] and "--seed 1234 -> 9" in errors[0] and "--allow-changes" in errors[0]
     assert (run / "train_config.json").read_text() == saved, "a refused resume must not overwrite the settings"
-    allowed = run_cli(["gpt-launch", "train", "--resume", "auto", "--output-dir", run, "--lr", "0.001",
-                       "--batch-size", "3", "--allow-changes"])
+    allowed = run_cli(
+        [
+            "gpt-launch",
+            "train",
+            "--resume",
+            "auto",
+            "--output-dir",
+            run,
+            "--lr",
+            "0.001",
+            "--batch-size",
+            "3",
+            "--allow-changes",
+        ]
+    )
     assert "resume: warning: --lr 0.003 -> 0.001" in allowed.stdout and "--batch-size 2 -> 3" in allowed.stdout
     assert json.loads((run / "train_config.json").read_text())["lr"] == 0.001
 
@@ -194,7 +226,9 @@ def test_checkpoints_once_per_step_and_a_capped_test(tmp_path):
 def test_early_stopping_after_patience_evaluations(tmp_path):
     # An lr so small that validation loss cannot improve: the first evaluation is the best.
     out = tmp_path / "run"
-    proc = tiny_run(out, "--lr", "1e-12", "--patience", "2", "--eval-every", "1", "--max-steps", "30", "--log-every", "1")
+    proc = tiny_run(
+        out, "--lr", "1e-12", "--patience", "2", "--eval-every", "1", "--max-steps", "30", "--log-every", "1"
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stop_reason"] == "early stopping: no validation improvement in 2 evaluations"
     assert len(records(out, "eval")) == 3 and summary["steps"] == 3 and summary["best_step"] == 1
@@ -210,8 +244,17 @@ def test_wandb_offline_run_holds_the_metrics_and_no_secret(tmp_path):
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     data = b"".join(p.read_bytes() for p in runs[0].glob("*.wandb"))
-    for key in (b"train/loss", b"train/tokens_per_s", b"eval/perplexity", b"test/accuracy", b"samples", b"curves",
-                b"throughput_tokens_per_s", b"parameters", b"run-best"):
+    for key in (
+        b"train/loss",
+        b"train/tokens_per_s",
+        b"eval/perplexity",
+        b"test/accuracy",
+        b"samples",
+        b"curves",
+        b"throughput_tokens_per_s",
+        b"parameters",
+        b"run-best",
+    ):
         assert key in data, key
     for path in out.rglob("*"):
         if path.is_file():
@@ -223,8 +266,20 @@ def test_readme_wandb_offline_command_works_offline(tmp_path):
     """README's offline W&B example, as written (plus a cache and output folder of the test's own)."""
     env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1"}
     out = tmp_path / "run"
-    run_cli(["accelerate", "launch", "--config_file", "launch/cpu.yaml", "recipes/tinystories.py", "--smoke",
-             "--tracker", "wandb", *tiny_run_options(out, "--max-steps", "2")[1:]], env=env)
+    run_cli(
+        [
+            "accelerate",
+            "launch",
+            "--config_file",
+            "launch/cpu.yaml",
+            "recipes/tinystories.py",
+            "--smoke",
+            "--tracker",
+            "wandb",
+            *tiny_run_options(out, "--max-steps", "2")[1:],
+        ],
+        env=env,
+    )
     assert list((out / "wandb").glob("offline-run-*"))
 
 
@@ -238,4 +293,3 @@ def test_tensorboard_tracker_writes_events(tmp_path):
     acc = EventAccumulator(str(events[0].parent))
     acc.Reload()
     assert "train/loss" in acc.Tags()["scalars"] and len(acc.Scalars("train/loss")) == 4
-

@@ -43,4 +43,3 @@ def write_format(tmp_path, fmt, gz, stories=STORIES):
         plain.unlink()
     path.write_bytes(gzip.compress(data) if gz else data)
     return path
-

@@ -44,7 +44,9 @@ def test_a_micro_batch_is_fetched_at_once_as_the_rows_one_by_one(dataset):
     ds = dataset(split_of([7, 9, 5, 12, 3, 20]), 8)
     rows = [3, 0, 2, 2]
     x, y = ds.__getitems__(rows)
-    assert torch.equal(x, torch.stack([ds[i][0] for i in rows])) and torch.equal(y, torch.stack([ds[i][1] for i in rows]))
+    assert torch.equal(x, torch.stack([ds[i][0] for i in rows])) and torch.equal(
+        y, torch.stack([ds[i][1] for i in rows])
+    )
     loader = make_dataloader(ds, 2, seed=0, shuffle=True, drop_last=True)
     batches = list(loader)
     assert all(bx.shape == (2, 8) and by.shape == (2, 8) for bx, by in batches) and len(batches) == len(ds) // 2

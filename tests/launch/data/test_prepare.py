@@ -10,7 +10,15 @@ import pytest
 
 from gpt_core import EOT_ID, get_tokenizer
 from launch.data import (
-    SMOKE_DATA, Chunk, DataConfig, concat_splits, prepare, prepare_data, sources, tokenize_chunk, tokenize_stories,
+    SMOKE_DATA,
+    Chunk,
+    DataConfig,
+    concat_splits,
+    prepare,
+    prepare_data,
+    sources,
+    tokenize_chunk,
+    tokenize_stories,
 )
 from launch.data.prepare import DigestSet, split_stories
 from launch.errors import UserError
@@ -20,15 +28,18 @@ from .common import STORIES, all_text, prepared, story_texts
 
 
 def test_cleaning_keeps_text_as_written_and_says_why_it_drops():
-    chunk = tokenize_chunk(Chunk("x", texts=['  Tom said, "don\'t!"  ', "", "   ", "tiny", None, 'Tom said, "don\'t!"']), 10)
+    chunk = tokenize_chunk(
+        Chunk("x", texts=['  Tom said, "don\'t!"  ', "", "   ", "tiny", None, 'Tom said, "don\'t!"']), 10
+    )
     assert chunk.codes.tolist() == [0, prepare.EMPTY, prepare.EMPTY, prepare.SHORT, prepare.NOT_TEXT, 0]
     assert get_tokenizer().decode(chunk.tokens[: chunk.lengths[0] - 1]) == 'Tom said, "don\'t!"'
     assert chunk.digests[0] == chunk.digests[1]  # the same story after trimming: the duplicate is dropped later
 
 
 def test_digest_set_finds_duplicates_within_and_across_batches():
-    digests = np.frombuffer(b"".join(hashlib.blake2b(str(i).encode(), digest_size=16).digest() for i in range(3000)),
-                            dtype="V16")
+    digests = np.frombuffer(
+        b"".join(hashlib.blake2b(str(i).encode(), digest_size=16).digest() for i in range(3000)), dtype="V16"
+    )
     seen = DigestSet()
     firsts = [seen.add_new(digests[a : a + 100]) for a in range(0, 2000, 100)]  # 20 batches, merged into runs
     assert all(f.all() for f in firsts) and len(seen.runs) < 20
@@ -92,7 +103,8 @@ def test_cache_hit_then_miss_on_change(tmp_path, cache_dir):
     assert "brand new" in all_text(changed)["test"][-1]
     # tokens and offsets only: no copy of the text, no scratch left behind
     assert sorted(p.name for p in changed.cache_dir.iterdir()) == sorted(
-        ["meta.json", *(f"{s}.{kind}.npy" for s in ("train", "validation", "test") for kind in ("tokens", "offsets"))])
+        ["meta.json", *(f"{s}.{kind}.npy" for s in ("train", "validation", "test") for kind in ("tokens", "offsets"))]
+    )
     assert all(len(p.name) == 20 and p.is_dir() for p in changed.cache_dir.parent.iterdir())
 
 
@@ -155,20 +167,33 @@ def digests(p):
 # loaded every story, cleaned, split and then tokenized the lists): each split's story count, token
 # count and sha256 of its uint16 tokens followed by its int64 offsets.
 BEFORE_STREAMING = {
-    "paper": {"train": (4069, 848039, "339a65bcba316567"), "validation": (1162, 231817, "19cd36775306ddcb"),
-              "test": (582, 108443, "97e952bd76e98626")},
-    "shuffle": {"train": (4069, 831430, "8185fb21b160aa7a"), "validation": (1162, 237750, "e55f6a3bd67d7efe"),
-                "test": (582, 119119, "3fce011e7ecd93df")},
-    "source": {"train": (4813, 993740, "453ac7e0fc272af2"), "validation": (500, 100955, "3321fcdab52a793a"),
-               "test": (500, 93604, "9e858a538b13ba24")},
+    "paper": {
+        "train": (4069, 848039, "339a65bcba316567"),
+        "validation": (1162, 231817, "19cd36775306ddcb"),
+        "test": (582, 108443, "97e952bd76e98626"),
+    },
+    "shuffle": {
+        "train": (4069, 831430, "8185fb21b160aa7a"),
+        "validation": (1162, 237750, "e55f6a3bd67d7efe"),
+        "test": (582, 119119, "3fce011e7ecd93df"),
+    },
+    "source": {
+        "train": (4813, 993740, "453ac7e0fc272af2"),
+        "validation": (500, 100955, "3321fcdab52a793a"),
+        "test": (500, 93604, "9e858a538b13ba24"),
+    },
 }
 
 
 @pytest.mark.parametrize("mode", ["paper", "shuffle", "source"])
 def test_streaming_gives_the_ids_and_split_boundaries_of_the_in_memory_pipeline(shared_tinystories, cache_dir, mode):
     if mode == "source":
-        cfg = DataConfig(source=str(shared_tinystories / "tinystories_train_*"), split_mode="source", cache_dir=cache_dir,
-                         heldout_source=str(shared_tinystories / "tinystories_valid_first1000.jsonl.gz"))
+        cfg = DataConfig(
+            source=str(shared_tinystories / "tinystories_train_*"),
+            split_mode="source",
+            cache_dir=cache_dir,
+            heldout_source=str(shared_tinystories / "tinystories_valid_first1000.jsonl.gz"),
+        )
     else:
         cfg = DataConfig(source=str(shared_tinystories), split_mode=mode, cache_dir=cache_dir)
     assert digests(prepare_data(cfg, 1234, log=lambda *_: None)) == BEFORE_STREAMING[mode]
@@ -181,8 +206,21 @@ def big_source(tmp_path, n=150_000):
 
 
 def prepare_command(source, cache, *extra):
-    return [PYTHON, "-m", "launch.cli", "prepare", "--data", str(source), "--data-cache", str(cache),
-            "--max-samples", "0", "--data-workers", "1", *extra]
+    return [
+        PYTHON,
+        "-m",
+        "launch.cli",
+        "prepare",
+        "--data",
+        str(source),
+        "--data-cache",
+        str(cache),
+        "--max-samples",
+        "0",
+        "--data-workers",
+        "1",
+        *extra,
+    ]
 
 
 def test_a_killed_build_is_never_read_as_complete_and_the_next_one_starts_clean(tmp_path):
@@ -190,7 +228,9 @@ def test_a_killed_build_is_never_read_as_complete_and_the_next_one_starts_clean(
     proc = subprocess.Popen(prepare_command(source, cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60
     while not any(p.stat().st_size for p in cache.glob("tokens/.build-*/source.tokens.bin")):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else ""
+        assert proc.poll() is None and time.monotonic() < deadline, (
+            proc.stdout.read() if proc.poll() is not None else ""
+        )
         time.sleep(0.01)
     proc.kill()  # kill -9, mid-build
     proc.wait()
@@ -211,8 +251,9 @@ def test_a_full_disk_stops_the_build_with_one_line_and_leaves_nothing(tmp_path):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
 
-    proc = subprocess.run(prepare_command(source, cache), capture_output=True, text=True, timeout=120,
-                          preexec_fn=small_disk)
+    proc = subprocess.run(
+        prepare_command(source, cache), capture_output=True, text=True, timeout=120, preexec_fn=small_disk
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no room left writing the token cache in")
     assert "--data-cache" in proc.stderr and "Traceback" not in proc.stderr
@@ -221,8 +262,10 @@ def test_a_full_disk_stops_the_build_with_one_line_and_leaves_nothing(tmp_path):
 
 def test_processes_share_one_build_and_the_waiting_one_says_what_it_waits_for(tmp_path):
     source, cache = big_source(tmp_path), tmp_path / "cache"
-    procs = [subprocess.Popen(prepare_command(source, cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(prepare_command(source, cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     builder, waiter = (0, 1) if "prepared in" in outs[0] else (1, 0)

@@ -94,8 +94,13 @@ def make_hub_cache(root, stories):
     from datasets.packaged_modules.json.json import Json
 
     data = write_jsonl(root / "tiny.jsonl", stories)
-    builder = Json(cache_dir=str(root / "hf"), data_files={"train": str(data), "validation": str(data)},
-                   dataset_name="tiny-stories", config_id="default", hash="0123456789abcdef")
+    builder = Json(
+        cache_dir=str(root / "hf"),
+        data_files={"train": str(data), "validation": str(data)},
+        dataset_name="tiny-stories",
+        config_id="default",
+        hash="0123456789abcdef",
+    )
     builder.repo_id = "tests/tiny-stories"  # as a hub download sets it: the folder is named after the repo
     builder._cache_dir = builder._build_cache_dir()
     builder.download_and_prepare()
@@ -107,8 +112,14 @@ def test_hub_source_offline_from_the_datasets_cache_and_cheap_cache_key(tmp_path
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(hf_cache), "HF_HOME": str(tmp_path / "home")}
 
     def run():
-        proc = subprocess.run([sys.executable, "-c", HUB_CODE, str(tmp_path / "cache")], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-c", HUB_CODE, str(tmp_path / "cache")],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stderr
         return json.loads(proc.stdout.splitlines()[-1]), proc.stderr
 
@@ -165,6 +176,8 @@ def test_missing_text_field(tmp_path, cache_dir):
 def test_undecodable_bytes(tmp_path, cache_dir, name):
     path = tmp_path / name
     story = b"Bad \xff\xfe bytes in this story here."
-    path.write_bytes(b'{"text": "' + story + b'"}\n' if name.endswith("jsonl") else b"A fine story.\n<|endoftext|>\n" + story)
+    path.write_bytes(
+        b'{"text": "' + story + b'"}\n' if name.endswith("jsonl") else b"A fine story.\n<|endoftext|>\n" + story
+    )
     with pytest.raises(UserError, match="not UTF-8"):
         prepared(path, cache_dir)
