@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-GPT2_VOCAB_SIZE = 50_257
+from .tokenizer import GPT2_VOCAB_SIZE
 
 
 class ConfigError(ValueError):

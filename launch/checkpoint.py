@@ -15,7 +15,6 @@ with pickle: weights are safetensors, our state is JSON, and Accelerate loads it
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -28,7 +27,7 @@ from safetensors.torch import load_file
 from gpt_core import CheckpointError, GPTConfig, save_state_dict
 from gpt_core.weights import CONFIG_NAME, WEIGHTS_NAME
 
-from .errors import UserError
+from .errors import UserError, is_disk_full
 
 STATE_NAME = "trainer_state.json"
 STEP_DIR = re.compile(r"step-(\d+)")
@@ -36,6 +35,11 @@ STEP_DIR = re.compile(r"step-(\d+)")
 
 def checkpoints_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run folder a checkpoint folder (step-N, best) belongs to."""
+    return Path(checkpoint).parent.parent
 
 
 def step_checkpoints(run_dir: Path) -> list[Path]:
@@ -100,15 +104,19 @@ def _is_write_failure(e: Exception) -> bool:
 
 
 def _disk_error(e: Exception, target: Path, run_dir: Path) -> UserError:
-    no_space = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or any(
-        t in str(e) for t in NO_SPACE_TEXT
-    )
+    no_space = is_disk_full(e) or any(t in str(e) for t in NO_SPACE_TEXT)
     why = "no space left: the disk, quota or file-size limit is full" if no_space else str(e).splitlines()[0]
     previous = step_checkpoints(run_dir)
     if previous:
-        kept = f"the previous checkpoint {previous[-1].name} is intact - free space under {target.parent} and resume with --resume auto"
+        kept = (
+            f"the previous checkpoint {previous[-1].name} is intact - free space under {target.parent} "
+            "and resume with --resume auto"
+        )
     else:
-        kept = f"no earlier checkpoint exists, so the run restarts from scratch - free space under {target.parent} and run again"
+        kept = (
+            f"no earlier checkpoint exists, so the run restarts from scratch - free space under {target.parent} "
+            "and run again"
+        )
     return UserError(f"could not write checkpoint {target.name} ({why}); {kept}")
 
 

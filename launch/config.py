@@ -29,6 +29,12 @@ from .errors import UserError
 PAPER_PROMPTS = ("Once upon a time", "The little girl", "In a magical forest", "The brave knight")
 SMOKE_DATA = Path(__file__).parent / "data_files" / "smoke_stories.jsonl"
 RUN_CONFIG_NAME = "train_config.json"  # a run folder's settings, written at each start
+BATCH_SIZE_RULE = "4 on a GPU (the paper's RTX 3050), 2 on a CPU"
+
+
+def default_batch_size(device_type: str) -> int:
+    """Rows per micro-batch when none is given: BATCH_SIZE_RULE."""
+    return 4 if device_type == "cuda" else 2
 
 
 def setting(default=None, help="", *, flag=None, on_resume="warn", at_least=None, above=None, factory=None):
@@ -53,7 +59,7 @@ def choices_of(annotation) -> tuple | None:
     return None
 
 
-def validate(config) -> None:
+def check_fields(config) -> None:
     """Check every field against its type's choices and its declared bounds; one line per problem."""
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
@@ -114,7 +120,9 @@ class DataConfig:
     )
 
     def __post_init__(self) -> None:
-        validate(self)
+        if self.max_samples == 0:  # "0 for all", as the flag's help says
+            object.__setattr__(self, "max_samples", None)
+        check_fields(self)
         if self.train_fraction + self.validation_fraction >= 1:
             raise UserError(
                 f"--train-fraction {self.train_fraction} plus --validation-fraction {self.validation_fraction} "
@@ -154,7 +162,7 @@ class TrainConfig:
         on_resume="fixed",
     )
     batch_size: int | None = setting(
-        None, "Rows per process per micro-batch [default: 4 on GPU, 2 on CPU].", on_resume="fixed", at_least=1
+        None, f"Rows per process per micro-batch [default: {BATCH_SIZE_RULE}].", on_resume="fixed", at_least=1
     )
     grad_accum: int = setting(8, "Micro-batches per optimizer step.", on_resume="fixed", at_least=1)
     # ---- optimizer and schedule ----
@@ -236,7 +244,7 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        validate(self)
+        check_fields(self)
         self.model_config()  # an unknown preset or an impossible model fails here, before any work
 
     def model_config(self) -> GPTConfig:

@@ -4,44 +4,87 @@ Each process sums per-row (loss, correct, tokens); rows are gathered with `gathe
 which drops the samples Accelerate repeats to even out the last batch, so no token is counted twice.
 Perplexity is exp(total loss / total tokens): the mean over tokens, not a mean of batch means.
 The model measures each row through its chunked head (`measure=True`), so the (batch x context x
-50,257) logits never exist at once: evaluation is cheaper than training in both time and memory.
+vocabulary) logits never exist at once: evaluation is cheaper than training in both time and memory.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
+from pathlib import Path
 
 import torch
+
+from .progress import progress
 
 
 @torch.no_grad()
 def evaluate(model, dataloader, accelerator, max_batches: int | None = None, desc: str | None = None) -> dict:
-    """`max_batches` caps the batches per process; `desc` shows a progress bar (main process)."""
+    """`max_batches` caps the batches per process; `desc` shows progress (main process)."""
     was_training = model.training
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
-    batches = itertools.islice(dataloader, max_batches)
-    if desc is not None:
-        from tqdm.auto import tqdm
-
-        total = len(dataloader) if max_batches is None else min(max_batches, len(dataloader))
-        batches = tqdm(
-            batches,
-            total=total,
-            desc=desc,
-            unit="batch",
-            dynamic_ncols=True,
-            leave=False,
-            disable=not accelerator.is_local_main_process,
-        )
-    for x, y in batches:
-        with accelerator.autocast():
-            _, rows = model(x, y, measure=True)  # (batch, 3): loss sum, correct, tokens per row
-        totals += accelerator.gather_for_metrics(rows).sum(0)
+    total = len(dataloader) if max_batches is None else min(max_batches, len(dataloader))
+    shown = desc is not None and accelerator.is_local_main_process
+    with progress(total, desc or "", "batch", enabled=shown, leave=False) as bar:
+        for x, y in itertools.islice(dataloader, max_batches):
+            with accelerator.autocast():
+                _, rows = model(x, y, measure=True)  # (batch, 3): loss sum, correct, tokens per row
+            totals += accelerator.gather_for_metrics(rows).sum(0)
+            bar.update(1)
     model.train(was_training)
     loss_sum, correct, tokens = totals.tolist()
     if tokens == 0:
         return {"loss": float("nan"), "perplexity": float("nan"), "accuracy": float("nan"), "tokens": 0}
     loss = loss_sum / tokens
     return {"loss": loss, "perplexity": math.exp(min(loss, 700)), "accuracy": correct / tokens, "tokens": int(tokens)}
+
+
+def evaluate_checkpoint(
+    checkpoint: str | None, split: str, batch_size: int, max_batches: int | None, json_out: str | None, given: dict
+) -> dict:
+    """`gpt-launch evaluate`: a checkpoint on a split of the run's own data settings (its
+    train_config.json), each flag in `given` replacing one of them; works under `accelerate launch`."""
+    from gpt_core import load_pretrained
+
+    from .checkpoint import resolve_weights, run_dir_of
+    from .config import RUN_CONFIG_NAME, TrainConfig, replace_paths, saved_run_config
+    from .data.batching import make_dataloader, make_dataset
+    from .data.prepare import prepare_data
+    from .data.splits import concat_splits
+    from .runtime import make_accelerator, rank_print
+
+    accelerator = make_accelerator()
+    folder = resolve_weights(checkpoint)
+    run_config = saved_run_config(run_dir_of(folder))
+    cfg = replace_paths(run_config or TrainConfig(), given)
+    where = run_dir_of(folder) / RUN_CONFIG_NAME if run_config else "the paper recipe"
+    accelerator.print(f"evaluate: data settings from {where}, changed by the flags given")
+    model = load_pretrained(folder).to(accelerator.device)
+    prepared = prepare_data(cfg.data, cfg.seed, log=accelerator.print, every_rank=rank_print)
+    chosen = concat_splits(prepared.splits.values()) if split == "all" else prepared.splits[split]
+    dataset = make_dataset(chosen, model.config.context_length, cfg.layout)
+    loader = accelerator.prepare(make_dataloader(dataset, batch_size, cfg.seed, shuffle=False, drop_last=False))
+    metrics = evaluate(model, loader, accelerator, max_batches, desc=f"evaluate {split}")
+    result = {
+        "checkpoint": str(folder),
+        "data": cfg.data.source,
+        "split": split,
+        "layout": cfg.layout,
+        "processes": accelerator.num_processes,
+        **metrics,
+    }
+    if accelerator.is_main_process:
+        print(
+            f"{split}: loss {metrics['loss']:.4f}  perplexity {metrics['perplexity']:.3f}  "
+            f"accuracy {metrics['accuracy']:.4f}  over {metrics['tokens']:,} target tokens "
+            f"({accelerator.num_processes} process(es))"
+        )
+        if json_out:
+            Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
+    # Tear the process group down on every rank together: a rank that exits while another still
+    # writes can abort in gloo's teardown ("terminate called without an active exception").
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return result

@@ -17,16 +17,17 @@ import os
 import shutil
 from pathlib import Path
 
-from gpt_core import EOT_ID, load_pretrained, save_pretrained
+from gpt_core import EOT_ID, GPT2_VOCAB_SIZE, load_pretrained, save_pretrained
 
 from . import checkpoint as ckpt
 from .errors import UserError
-from .report import load_summary, markdown_table, summary_rows
+from .report import markdown_table
+from .summary import RunSummary
 
 TOKENIZER_CONFIG = {
     "tokenizer": "gpt2",
     "implementation": "tiktoken",
-    "vocab_size": 50257,
+    "vocab_size": GPT2_VOCAB_SIZE,
     "eot_token": "<|endoftext|>",
     "eot_token_id": EOT_ID,
 }
@@ -36,7 +37,7 @@ DATA_LICENCE = "CDLA-Sharing-1.0"
 
 def export_model(run_dir: Path, out: Path, license: str = "mit") -> Path:
     run_dir, out = Path(run_dir), Path(out)
-    summary = load_summary(run_dir)
+    summary = RunSummary.load(run_dir)
     best = ckpt.find_best(run_dir)
     if best is None:
         raise UserError(f"{run_dir} has no checkpoints/best; export a finished run (its --output-dir)")
@@ -58,8 +59,8 @@ def export_model(run_dir: Path, out: Path, license: str = "mit") -> Path:
     return out
 
 
-def _card_metadata(summary: dict, name: str, license: str) -> dict:
-    test, source = summary.get("test") or {}, summary["config"]["data"]["source"]
+def _card_metadata(summary: RunSummary, name: str, license: str) -> dict:
+    test, source = summary.test or {}, summary.config["data"]["source"]
     from_tinystories = "tinystories" in source.lower() or "smoke_stories" in source
     metrics = [
         {"type": "perplexity", "value": round(test["perplexity"], 4), "name": "test perplexity"},
@@ -69,7 +70,7 @@ def _card_metadata(summary: dict, name: str, license: str) -> dict:
     dataset = {
         "type": HUB_DATASET if from_tinystories else source,
         "name": "TinyStories" if from_tinystories else source,
-        "split": f"test ({summary['config']['data']['split_mode']} split of {source})",
+        "split": f"test ({summary.config['data']['split_mode']} split of {source})",
     }
     metadata = {
         "language": ["en"],
@@ -96,13 +97,13 @@ def _card_metadata(summary: dict, name: str, license: str) -> dict:
     return metadata
 
 
-def model_card(summary: dict, name: str, license: str = "mit", with_curves: bool = False) -> str:
+def model_card(summary: RunSummary, name: str, license: str = "mit", with_curves: bool = False) -> str:
     """The README.md of an exported folder: YAML metadata (license, datasets, metrics), then prose."""
     import yaml
 
-    m, cfg = summary["model"], summary["config"]
+    m, cfg = summary.model, summary.config
     source = cfg["data"]["source"]
-    samples = [f"> **{s['prompt']}**{s['text']}".replace("\n", "\n> ") for s in summary.get("samples", [])]
+    samples = [f"> **{s['prompt']}**{s['text']}".replace("\n", "\n> ") for s in summary.samples]
     lines = [
         "---",
         yaml.safe_dump(_card_metadata(summary, name, license), sort_keys=False).rstrip(),
@@ -115,28 +116,38 @@ def model_card(summary: dict, name: str, license: str = "mit", with_curves: bool
         "",
         "## Architecture",
         "",
-        f"{m['n_layer']} decoder layers, {m['n_head']} heads, d_model {m['d_model']}, feed-forward {m['d_ff']} with GELU, "
-        f"sinusoidal positions, {m['norm']}-LayerNorm with residuals, dropout {m['dropout']}, context {m['context_length']} "
+        f"{m['n_layer']} decoder layers, {m['n_head']} heads, d_model {m['d_model']}, "
+        f"feed-forward {m['d_ff']} with GELU, sinusoidal positions, {m['norm']}-LayerNorm with residuals, "
+        f"dropout {m['dropout']}, context {m['context_length']} "
         f"tokens, GPT-2 BPE vocabulary ({m['vocab_size']:,} tokens) with the output layer tied to the embedding "
         f"(preset `{m.get('preset') or 'custom'}`).",
         "",
         "## Data",
         "",
         f"Source: `{source}`, {cfg['data']['split_mode']} split "
-        f"({cfg['data']['train_fraction']:.0%} train / {cfg['data']['validation_fraction']:.0%} validation / rest test).",
+        f"({cfg['data']['train_fraction']:.0%} train / {cfg['data']['validation_fraction']:.0%} validation "
+        "/ rest test).",
         "",
         *[
             f"- {split}: {v['stories']:,} stories, {v['tokens']:,} tokens"
-            for split, v in summary["data"].get("splits", {}).items()
+            for split, v in summary.data.get("splits", {}).items()
         ],
         "",
         f"TinyStories (Eldan & Li, 2023, [{HUB_DATASET}](https://huggingface.co/datasets/{HUB_DATASET})) is released "
         f"under the {DATA_LICENCE} licence; text derived from it must keep that licence.",
         "",
+    ]
+    return "\n".join(lines + _card_results(summary, samples, with_curves))
+
+
+def _card_results(summary: RunSummary, samples: list[str], with_curves: bool) -> list[str]:
+    cfg = summary.config
+    return [
         "## Training recipe",
         "",
-        f"AdamW (lr {cfg['lr']}, betas {tuple(cfg['betas'])}, weight decay {cfg['weight_decay']}), {cfg['warmup_steps']} warmup "
-        f"steps then cosine decay to 0, gradient clipping at {cfg['grad_clip']}, batch {cfg['batch_size']} x {cfg['grad_accum']} accumulation per process, up to "
+        f"AdamW (lr {cfg['lr']}, betas {tuple(cfg['betas'])}, weight decay {cfg['weight_decay']}), "
+        f"{cfg['warmup_steps']} warmup steps then cosine decay to 0, gradient clipping at {cfg['grad_clip']}, "
+        f"batch {cfg['batch_size']} x {cfg['grad_accum']} accumulation per process, up to "
         f"{cfg['epochs']} epochs with early stopping (patience {cfg['patience']}), seed {cfg['seed']}.",
         "",
         "## Results",
@@ -144,7 +155,7 @@ def model_card(summary: dict, name: str, license: str = "mit", with_curves: bool
         "Test metrics are measured with the best validation weights, over real target tokens only (padding is never "
         "counted); perplexity is exp of the mean token loss.",
         "",
-        *markdown_table(summary_rows(summary)),
+        *markdown_table(summary.rows()),
         "",
         *(["![training curves](curves.png)", ""] if with_curves else []),
         "## Sample stories",
@@ -166,7 +177,6 @@ def model_card(summary: dict, name: str, license: str = "mit", with_curves: bool
         "once, as `embed.weight`).",
         "",
     ]
-    return "\n".join(lines)
 
 
 def push_to_hub(folder: Path, repo: str, private: bool = False) -> str:

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from .errors import UserError
+from .summary import RunSummary
 from .tracking import read_metrics
 
 
@@ -53,54 +54,27 @@ def plot_curves(records: list[dict], path: Path) -> Path:
     return Path(path)
 
 
-def load_summary(run_dir: Path) -> dict:
-    summary_path = Path(run_dir) / "summary.json"
-    if not summary_path.exists():
-        raise UserError(f"{run_dir} has no summary.json; point at a finished run folder (its --output-dir)")
-    return json.loads(summary_path.read_text())
-
-
-def _fmt(value, digits=4):
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
-def summary_rows(s: dict) -> list[tuple[str, str]]:
-    """The run at a glance, as (label, value) rows: the report, the W&B report and the model card share them."""
-    best, test, hardware = s.get("best_validation") or {}, s.get("test") or {}, s["hardware"]
-    precision = "no (fp32)" if hardware["mixed_precision"] == "no" else hardware["mixed_precision"]
-    return [
-        ("parameters", f"{s['model']['parameters']:,}"),
-        ("stop reason", s["stop_reason"]),
-        ("optimizer steps", str(s["steps"])),
-        ("tokens trained", f"{s['tokens']:,}"),
-        (
-            "best validation loss / perplexity / accuracy",
-            f"{_fmt(best.get('loss'))} / {_fmt(best.get('perplexity'), 2)} / {_fmt(best.get('accuracy'))}",
-        ),
-        (
-            "test loss / perplexity / accuracy",
-            f"{_fmt(test.get('loss'))} / {_fmt(test.get('perplexity'), 2)} / {_fmt(test.get('accuracy'))}",
-        ),
-        ("throughput (tokens/s)", f"{s['throughput_tokens_per_s']:,.0f}"),
-        ("hardware", f"{hardware['device']}, {hardware['processes']} process(es), mixed precision {precision}"),
-        ("wall time", f"{s['elapsed_seconds'] / 60:.1f} min"),
-    ]
-
-
 def markdown_table(rows: list[tuple[str, str]]) -> list[str]:
     return ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]
+
+
+def write_report(run_dir: Path, fmt: str, output: str | None = None) -> Path:
+    """`gpt-launch report`: RUN/report.md|html, or `output`."""
+    out = Path(output) if output else Path(run_dir) / f"report.{fmt}"
+    out.write_text(render_report(Path(run_dir), fmt))
+    return out
 
 
 def render_report(run_dir: Path, fmt: str = "md") -> str:
     """The report's text. Markdown links the curves PNG beside it; HTML embeds it (one file to share)."""
     run_dir = Path(run_dir)
-    s = load_summary(run_dir)
+    s = RunSummary.load(run_dir)
     curves = run_dir / "curves.png"
     if not curves.exists():
         plot_curves(read_metrics(run_dir), curves)
-    rows = summary_rows(s)
+    rows = s.rows()
     title = f"Run report: {run_dir.name}"
-    config_json = json.dumps(s["config"], indent=2)
+    config_json = json.dumps(s.config, indent=2)
     if fmt == "md":
         lines = [
             f"# {title}",
@@ -114,7 +88,7 @@ def render_report(run_dir: Path, fmt: str = "md") -> str:
             "## Sample stories",
             "",
         ]
-        for sample in s.get("samples", []):
+        for sample in s.samples:
             lines += [f"**{sample['prompt']}**{sample['text']}", ""]
         lines += ["## Config", "", "```json", config_json, "```", ""]
         return "\n".join(lines)
@@ -123,7 +97,7 @@ def render_report(run_dir: Path, fmt: str = "md") -> str:
     image = base64.b64encode(curves.read_bytes()).decode()
     esc = html.escape
     table = "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>" for k, v in rows)
-    samples = "".join(f"<p><b>{esc(x['prompt'])}</b>{esc(x['text'])}</p>" for x in s.get("samples", []))
+    samples = "".join(f"<p><b>{esc(x['prompt'])}</b>{esc(x['text'])}</p>" for x in s.samples)
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
         "<style>body{font-family:sans-serif;max-width:60em;margin:auto}th{text-align:left;padding-right:1em}"

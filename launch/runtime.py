@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
@@ -71,6 +72,11 @@ class StopSignal:
     def name(self) -> str:
         return signal.Signals(self.signum).name
 
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal, as a shell reports it; 143 (SIGTERM's) when another process was signalled."""
+        return 128 + self.signum if self.signum else 143
+
 
 def follow_launcher() -> None:
     """Under `accelerate launch`, have Linux send us SIGTERM if the launcher dies.
@@ -108,11 +114,6 @@ def resolve_device(choice: str = "auto") -> torch.device:
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(choice)
-
-
-def default_batch_size(device: torch.device) -> int:
-    """Rows per micro-batch when none is given: 4 on a GPU (the paper's RTX 3050), 2 on a CPU."""
-    return 4 if device.type == "cuda" else 2
 
 
 def device_name(device: torch.device) -> str:
@@ -209,3 +210,15 @@ def make_accelerator(collective_timeout_s: float = 1800, **kwargs):
             "use --mixed-precision no, or bf16 on a CPU with AVX-512 BF16/AMX"
         )
     return accelerator
+
+
+@contextlib.contextmanager
+def collective_errors(timeout_s: float):
+    """A collective that timed out or lost its peer becomes one line naming this rank, not a traceback."""
+    try:
+        yield
+    except RuntimeError as e:
+        failure = collective_failure(e, timeout_s)
+        if failure is None:
+            raise
+        raise failure from None

@@ -21,7 +21,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .errors import UserError
-from .report import load_summary, markdown_table, summary_rows
+from .report import markdown_table
+from .summary import RunSummary
 
 SPEC_NAME = "wandb_report.json"
 # The line plots, each drawn from the keys of these names that the run actually logged.
@@ -106,10 +107,10 @@ def wandb_runs(run_dir: Path) -> list[WandbRun]:
 def report_spec(run_dir: Path, entity: str | None = None) -> dict:
     """What the report holds, as plain JSON: panels refer only to keys the run logged."""
     run_dir = Path(run_dir)
-    summary, runs = load_summary(run_dir), wandb_runs(run_dir)
+    summary, runs = RunSummary.load(run_dir), wandb_runs(run_dir)
     logged = {key: kind for run in runs for key, kind in run.logged.items()}
-    test = summary.get("test") or {}
-    name = summary["config"].get("run_name") or run_dir.name
+    test = summary.test or {}
+    name = summary.config.get("run_name") or run_dir.name
     plots = [
         {"kind": "line", "title": title, "y": [k for k in keys if logged.get(k) == "number"]}
         for title, keys in PLOTS.items()
@@ -119,21 +120,21 @@ def report_spec(run_dir: Path, entity: str | None = None) -> dict:
         {"kind": "media", "title": "training curves", "keys": [k]} for k, t in logged.items() if t.startswith("image")
     ]
     panels += [{"kind": "table", "title": "sample stories", "key": k} for k, t in logged.items() if t == "table-file"]
-    samples = "\n\n".join(f"**{s['prompt']}**{s['text']}" for s in summary.get("samples", []))
-    hardware = summary["hardware"]
+    samples = "\n\n".join(f"**{s['prompt']}**{s['text']}" for s in summary.samples)
+    hardware = summary.hardware
     return {
         "entity": entity or next((r.entity for r in runs if r.entity), None),
         "project": runs[-1].project,
         "run_ids": [r.run_id for r in runs],
         "run_folders": [str(r.folder) for r in runs],
-        "title": f"{name}: a {summary['model']['parameters'] / 1e6:.1f}M-parameter GPT on TinyStories",
+        "title": f"{name}: a {summary.model['parameters'] / 1e6:.1f}M-parameter GPT on TinyStories",
         "description": (
             f"Test perplexity {test.get('perplexity', float('nan')):.2f} and token accuracy "
-            f"{test.get('accuracy', float('nan')):.4f} after {summary['steps']} optimizer steps "
-            f"({summary['stop_reason']})."
+            f"{test.get('accuracy', float('nan')):.4f} after {summary.steps} optimizer steps "
+            f"({summary.stop_reason})."
         ),
         "blocks": [
-            {"kind": "markdown", "text": "\n".join(markdown_table(summary_rows(summary)))},
+            {"kind": "markdown", "text": "\n".join(markdown_table(summary.rows()))},
             {"kind": "heading", "text": "Training"},
             {"kind": "panels", "panels": panels},
             {"kind": "heading", "text": "Sample stories (best weights)"},
@@ -141,7 +142,7 @@ def report_spec(run_dir: Path, entity: str | None = None) -> dict:
             {"kind": "heading", "text": "Hardware"},
             {"kind": "markdown", "text": "\n".join(markdown_table([(k, str(v)) for k, v in hardware.items()]))},
             {"kind": "heading", "text": "Config"},
-            {"kind": "code", "language": "json", "text": json.dumps(summary["config"], indent=2)},
+            {"kind": "code", "language": "json", "text": json.dumps(summary.config, indent=2)},
         ],
     }
 

@@ -1,89 +1,81 @@
-"""The end of a finished run: test metrics and samples from the best weights, curves, summary.json."""
+"""A finished run's summary: one typed record, written once at the end of the run (launch/finish.py)
+as RUN/summary.json and read back by `report`, `share` and `export`."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import platform
-import time
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
 
-import torch
+from .errors import UserError
 
-from gpt_core import generate, get_tokenizer, load_pretrained
-
-from . import checkpoint as ckpt
-from .evaluate import evaluate
-from .report import plot_curves
-from .runtime import device_name
-from .tracking import read_metrics, scrub
+SUMMARY_NAME = "summary.json"
 
 
-def test_and_summarise(run, reason: str) -> dict:
-    """Every process tests (the loader is sharded); the main process samples and writes the rest."""
-    acc, state = run.accelerator, run.state
-    best_dir = ckpt.find_best(run.run_dir)
-    # A plain gpt_core model from the best safetensors: the same path under DDP, ZeRO-2 and ZeRO-3.
-    best = load_pretrained(best_dir).to(acc.device)
-    test = evaluate(best, run.loaders["test"], acc, run.cfg.test_batches, desc="test")
-    capped = f", first {run.cfg.test_batches} batches per process" if run.cfg.test_batches else ""
-    run.say(
-        f"test (best weights, step {run.early.best_step}{capped}): loss {test['loss']:.4f} "
-        f"perplexity {test['perplexity']:.2f} accuracy {test['accuracy']:.4f} ({test['tokens']:,} tokens)"
-    )
-    run.log.log({"kind": "test", "step": state.step, **test})
-    summary = {"stop_reason": reason, "steps": state.step, "test": test}  # what every process knows
-    if acc.is_main_process:
-        samples = sample_stories(best, run.cfg)
-        for s in samples:
-            run.say(f"sample: {s['prompt']}{s['text']}\n")
-        curves = plot_curves(read_metrics(run.run_dir), run.run_dir / "curves.png")
-        summary = summary_record(run, reason, test, samples, best_dir)
-        (run.run_dir / "summary.json").write_text(json.dumps(scrub(summary), indent=2) + "\n")
-        run.log.log_samples(samples, state.step)
-        run.log.log_image("curves", curves, state.step)
-        run.log.log_summary(
-            {k: summary[k] for k in ("best_validation", "test", "throughput_tokens_per_s", "steps")}
-            | {"parameters": run.model_config.num_params()}
-        )
-        if run.cfg.log_checkpoint:
-            run.log.log_artifact(best_dir, f"{run.cfg.run_name or run.run_dir.name}-best")
-        run.say(f"done: {reason}; summary in {run.run_dir / 'summary.json'}, curves in {curves}")
-    acc.wait_for_everyone()
-    return summary
+@dataclass
+class RunSummary:
+    stop_reason: str
+    steps: int
+    epochs_completed: int
+    tokens: int  # real target tokens trained on
+    best_step: int | None
+    best_validation: dict | None  # loss, perplexity, accuracy, tokens of the best evaluation
+    test: dict  # the same, on the test split, with the best weights
+    samples: list[dict]  # {"prompt", "text"}
+    throughput_tokens_per_s: float
+    elapsed_seconds: float
+    model: dict  # preset, parameters and the GPTConfig fields
+    data: dict  # the token cache and its meta.json: stories read, dropped, split counts
+    hardware: dict  # device, processes, mixed_precision, torch, python
+    best_checkpoint: str
+    config: dict  # the TrainConfig, as train_config.json holds it
+    extra: dict = field(default_factory=dict)  # keys a newer version wrote, kept on a round trip
+
+    def save(self, run_dir: Path) -> Path:
+        """Write RUN/summary.json atomically (a temporary file renamed into place)."""
+        path, data = Path(run_dir) / SUMMARY_NAME, dataclasses.asdict(self)
+        data.update(data.pop("extra"))
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, run_dir: Path) -> RunSummary:
+        path = Path(run_dir) / SUMMARY_NAME
+        if not path.is_file():
+            raise UserError(f"{run_dir} has no summary.json; point at a finished run folder (its --output-dir)")
+        try:
+            data = json.loads(path.read_text())
+            known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+            return cls(
+                **{k: v for k, v in data.items() if k in known}, extra={k: v for k, v in data.items() if k not in known}
+            )
+        except (ValueError, TypeError) as e:
+            raise UserError(f"{path} is not a run summary ({e}); run the training again to rewrite it") from None
+
+    def rows(self) -> list[tuple[str, str]]:
+        """The run at a glance, as (label, value) rows: the report, the W&B report and the model card share them."""
+        best, test, hardware = self.best_validation or {}, self.test or {}, self.hardware
+        precision = "no (fp32)" if hardware["mixed_precision"] == "no" else hardware["mixed_precision"]
+        return [
+            ("parameters", f"{self.model['parameters']:,}"),
+            ("stop reason", self.stop_reason),
+            ("optimizer steps", str(self.steps)),
+            ("tokens trained", f"{self.tokens:,}"),
+            ("best validation loss / perplexity / accuracy", _metrics(best)),
+            ("test loss / perplexity / accuracy", _metrics(test)),
+            ("throughput (tokens/s)", f"{self.throughput_tokens_per_s:,.0f}"),
+            ("hardware", f"{hardware['device']}, {hardware['processes']} process(es), mixed precision {precision}"),
+            ("wall time", f"{self.elapsed_seconds / 60:.1f} min"),
+        ]
 
 
-def sample_stories(model, cfg) -> list[dict]:
-    tokenizer = get_tokenizer()
-    samples = []
-    for i, prompt in enumerate(cfg.prompts):
-        ids = generate(model, tokenizer.encode(prompt), cfg.sample_tokens, seed=cfg.seed + i)
-        samples.append({"prompt": prompt, "text": tokenizer.decode([t for t in ids if t != tokenizer.eot_id])})
-    return samples
+def _fmt(value, digits=4):
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def summary_record(run, reason: str, test: dict, samples: list[dict], best_dir) -> dict:
-    acc, state, cfg = run.accelerator, run.state, run.cfg
-    train_records = [r for r in read_metrics(run.run_dir) if r["kind"] == "train" and r.get("tokens_per_s")]
-    throughput = sum(r["tokens_per_s"] for r in train_records) / len(train_records) if train_records else 0.0
-    return {
-        "stop_reason": reason,
-        "steps": state.step,
-        "epochs_completed": state.epoch,
-        "tokens": state.tokens,
-        "best_step": run.early.best_step,
-        "best_validation": run.early.best_validation,
-        "test": test,
-        "samples": samples,
-        "throughput_tokens_per_s": throughput,
-        "elapsed_seconds": time.time() - run.start_time,
-        "model": {"preset": cfg.preset, "parameters": run.model_config.num_params(), **run.model_config.to_dict()},
-        "data": {"cache": str(run.data.cache_dir), **run.data.meta},
-        "hardware": {
-            "device": device_name(acc.device),
-            "processes": acc.num_processes,
-            "mixed_precision": acc.mixed_precision,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
-        "best_checkpoint": str(best_dir),
-        "config": cfg.to_dict(),
-    }
+def _metrics(m: dict) -> str:
+    return f"{_fmt(m.get('loss'))} / {_fmt(m.get('perplexity'), 2)} / {_fmt(m.get('accuracy'))}"

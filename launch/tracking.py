@@ -12,7 +12,6 @@ import os
 import re
 from pathlib import Path
 
-TRACKERS = ("none", "wandb", "tensorboard")
 # "hf_token" or "auth_token" is a secret; "tokens" and "max_tokens" are counts.
 SECRET_KEYS = re.compile(r"(api[_-]?key|secret|password|passwd|(^|[_-])token$)", re.IGNORECASE)
 

@@ -3,19 +3,19 @@
     run = build_run(cfg)          accelerator, data, model, optimizer; the saved state if resuming
     for each micro-batch:
         micro_step(run, x, y)     forward, backward; every grad_accum batches clip, lr, update
-        after_step(run, ...)      after an update: log, evaluate, checkpoint, limits -> why we stop
+        after_step(run, ...)      after an update, in order: log, validate, checkpoint, pause -> why we stop
     finish_run(run, reason)       test with the best weights, samples, curves, summary.json
 
-Accelerate does device placement, mixed precision (fp16 with loss scaling, bf16, fp32 on CPU),
-gradient accumulation, data sharding and checkpoint state. We keep the schedule ourselves, counted
-in optimizer steps that really happened: a prepared scheduler would step once per process per
-update under several processes, and not at all for a skipped fp16 step.
+Each component says itself when it acts (`should_log`, `should_run`, `should_save`), so
+`after_step` reads as the sequence it is. Accelerate does device placement, mixed precision (fp16
+with loss scaling, bf16, fp32 on CPU), gradient accumulation, data sharding and checkpoint state.
+We keep the schedule ourselves, counted in optimizer steps that really happened: a prepared
+scheduler would step once per process per update under several processes, and not at all for a
+skipped fp16 step.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -23,131 +23,32 @@ from pathlib import Path
 
 import torch
 
-from gpt_core import GPT, IGNORE_INDEX, GPTConfig
+from gpt_core import GPT, GPTConfig
 
 from . import checkpoint as ckpt
-from .config import TrainConfig, resume_changes, saved_run_config
-from .data import PreparedData, make_dataloader, make_dataset, prepare_data
+from .config import TrainConfig, default_batch_size
+from .data.batching import make_dataloader, make_dataset
+from .data.prepare import PreparedData, prepare_data
 from .errors import UserError
 from .evaluate import evaluate
-from .runtime import (
-    StopSignal,
-    TrainingInterrupted,
-    any_process,
-    collective_failure,
-    default_batch_size,
-    make_accelerator,
-    rank_print,
+from .optim import build_optimizer, lr_at
+from .progress import progress
+from .resume import starting_point
+from .runtime import StopSignal, TrainingInterrupted, any_process, collective_errors, make_accelerator, rank_print
+from .state import (
+    COMPLETED,
+    Checkpointing,
+    EarlyStopping,
+    LossWindow,
+    StopKind,
+    StopReason,
+    TokenCount,
+    TrainerState,
+    Validation,
 )
 from .tracking import RunLog
 
 
-# ---------------------------------------------------------------------------------------------
-# Small, typed state: each piece saves and restores itself
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class TrainerState:
-    """Where the run stands. Saved in every checkpoint (trainer_state.json) with the early stopping."""
-
-    step: int = 0  # optimizer updates done
-    epoch: int = 0  # the epoch in progress, from 0
-    batch_in_epoch: int = 0  # micro-batches of that epoch already trained
-    tokens: int = 0  # real target tokens trained on, all processes together
-    finished: str | None = None  # why the run ended, once it has
-
-    def state_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def load_state_dict(self, saved: dict) -> None:
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, saved.get(f.name, f.default))
-
-
-@dataclass
-class EarlyStopping:
-    """Stop after `patience` evaluations without a lower validation loss."""
-
-    patience: int
-    best_val_loss: float | None = None
-    best_step: int | None = None
-    best_validation: dict | None = None
-    evals_without_improvement: int = 0
-
-    def update(self, metrics: dict, step: int) -> bool:
-        """Record one evaluation; True when it is the best so far (its weights are worth keeping)."""
-        if self.best_val_loss is None or metrics["loss"] < self.best_val_loss:
-            self.best_val_loss, self.best_step, self.best_validation = metrics["loss"], step, metrics
-            self.evals_without_improvement = 0
-            return True
-        self.evals_without_improvement += 1
-        return False
-
-    def should_stop(self, accelerator) -> bool:
-        """Accelerate's trigger: set on the main process, seen by every process at the same point."""
-        if accelerator.is_main_process and self.evals_without_improvement >= self.patience:
-            accelerator.set_trigger()
-        return accelerator.check_trigger()
-
-    def state_dict(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "patience"}
-
-    def load_state_dict(self, saved: dict) -> None:
-        for name in self.state_dict():
-            setattr(self, name, saved.get(name))
-        self.evals_without_improvement = self.evals_without_improvement or 0
-
-
-class LossWindow:
-    """Training losses and tokens since the last log. Losses stay on the device until read, so no
-    micro-batch waits for the host. Time spent `paused()` (validation, checkpoints) is left out of
-    tokens/s, which measures training alone."""
-
-    def __init__(self, device: torch.device, tokens: int):
-        self.total, self.count = torch.zeros((), device=device), 0
-        self.start, self.start_tokens = time.perf_counter(), tokens
-
-    def add(self, loss: torch.Tensor) -> None:
-        self.total += loss.detach()
-        self.count += 1
-
-    def read(self, accelerator, tokens: int) -> tuple[float, float]:
-        """(mean loss over every process's micro-batches, tokens/s), then start a new window."""
-        mean = accelerator.reduce(self.total / max(self.count, 1), reduction="mean").item()
-        tokens_per_s = (tokens - self.start_tokens) / (time.perf_counter() - self.start)
-        self.total.zero_()
-        self.count, self.start, self.start_tokens = 0, time.perf_counter(), tokens
-        return mean, tokens_per_s
-
-    @contextlib.contextmanager
-    def paused(self):
-        began = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.start += time.perf_counter() - began
-
-
-def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
-    """Linear warmup over `warmup_steps` optimizer steps, then cosine annealing to 0 at total_steps."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (LayerNorm gains and biases are not decayed)."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # The fused kernel updates all parameters in one pass (CPU and CUDA alike).
-    fused = device.type in ("cpu", "cuda")
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused)
-
-
-# ---------------------------------------------------------------------------------------------
-# Building a run
-# ---------------------------------------------------------------------------------------------
 @dataclass
 class Run:
     cfg: TrainConfig
@@ -163,11 +64,13 @@ class Run:
     batches_per_epoch: int = 0
     state: TrainerState = field(default_factory=TrainerState)
     early: EarlyStopping | None = None
+    validation: Validation | None = None
+    checkpointing: Checkpointing | None = None
+    tokens: TokenCount | None = None
     log: RunLog | None = None
     window: LossWindow | None = None
     progress: object = None
     grad_norm: torch.Tensor | None = None
-    step_tokens: int = 0  # tokens of the update being accumulated
     session_start_step: int = 0
     start_time: float = field(default_factory=time.time)
 
@@ -179,9 +82,13 @@ class Run:
             tqdm.write(message)
 
     def checkpoint_state(self) -> dict:
+        self.tokens.settle(self.state)
         return self.state.state_dict() | self.early.state_dict()
 
 
+# ---------------------------------------------------------------------------------------------
+# Building a run
+# ---------------------------------------------------------------------------------------------
 def check_run_dir(run_dir: Path, create: bool = False) -> None:
     """Fail early, in one line, when the run folder cannot be made (e.g. a path under a file); it is
     created only once the data and model are ready, so a failed start leaves no empty folder."""
@@ -213,25 +120,9 @@ def build_run(cfg: TrainConfig, resume_from: Path | None) -> Run:
     if cfg.mixed_precision == "bf16" and accelerator.device.type == "cpu":
         accelerator.print("note: bf16 matmuls on CPUs without AMX/AVX-512 BF16 are far slower than fp32")
     # data: the first process to take the cache's lock tokenizes, the others say they wait, then read it
-    data = prepare_data(cfg.data, cfg.seed, log=accelerator.print, say=rank_print)
-    batch_size = cfg.batch_size or default_batch_size(accelerator.device)
-    datasets = {
-        name: make_dataset(split, model_config.context_length, cfg.layout) for name, split in data.splits.items()
-    }
-    if cfg.layout == "padded":
-        d = datasets["train"]
-        accelerator.print(
-            f"data: padded layout, {d.truncated:,} train stories truncated to "
-            f"{model_config.context_length} tokens, {d.padding_fraction:.1%} of train positions are padding"
-        )
-    pin = accelerator.device.type == "cuda"
-    loaders = {
-        name: make_dataloader(
-            ds, batch_size, cfg.seed, shuffle=name == "train", drop_last=name == "train", pin_memory=pin
-        )
-        for name, ds in datasets.items()
-    }
-    # model and optimizer
+    data = prepare_data(cfg.data, cfg.seed, log=accelerator.print, every_rank=rank_print)
+    batch_size = cfg.batch_size or default_batch_size(accelerator.device.type)
+    loaders = _make_loaders(cfg, accelerator, data, model_config.context_length, batch_size)
     model = GPT(model_config)
     accelerator.print(f"model: preset {cfg.preset}, {model.num_params():,} parameters, norm={model_config.norm}")
     if cfg.compile:
@@ -250,30 +141,51 @@ def build_run(cfg: TrainConfig, resume_from: Path | None) -> Run:
         batch_size,
         Path(cfg.output_dir),
         early=EarlyStopping(cfg.patience),
+        validation=Validation(cfg.eval_every),
+        checkpointing=Checkpointing(cfg.save_every),
+        tokens=TokenCount(accelerator, cfg.layout == "packed"),
     )
     _plan_length(run)
+    _open_run_folder(run, resume_from)
+    return run
+
+
+def _open_run_folder(run: Run, resume_from: Path | None) -> None:
+    """Create the folder, clear what an interrupted save left, restore a checkpoint, open the logs."""
+    cfg, accelerator = run.cfg, run.accelerator
     if accelerator.is_main_process:
         check_run_dir(run.run_dir, create=True)
         stale = ckpt.remove_stale_temporaries(run.run_dir)
         if stale:
             run.say(
-                f"checkpoint: removed {len(stale)} unfinished temporary folder(s) of an interrupted save: {', '.join(stale)}"
+                f"checkpoint: removed {len(stale)} unfinished temporary folder(s) of an interrupted save: "
+                f"{', '.join(stale)}"
             )
     if resume_from is not None:
         _restore(run, resume_from)
     run.session_start_step = run.state.step
-    run.log = RunLog(
-        accelerator,
-        run.run_dir,
-        cfg.tracker,
-        cfg.project,
-        cfg.run_name or run.run_dir.name,
-        cfg.to_dict(),
-        run.state.step if resume_from is not None else None,
-    )
+    resumed_step = run.state.step if resume_from is not None else None
+    name = cfg.run_name or run.run_dir.name
+    run.log = RunLog(accelerator, run.run_dir, cfg.tracker, cfg.project, name, cfg.to_dict(), resumed_step)
     if accelerator.is_main_process:
         cfg.save(run.run_dir)
-    return run
+
+
+def _make_loaders(cfg: TrainConfig, accelerator, data: PreparedData, context: int, batch_size: int) -> dict:
+    datasets = {name: make_dataset(split, context, cfg.layout) for name, split in data.splits.items()}
+    if cfg.layout == "padded":
+        d = datasets["train"]
+        accelerator.print(
+            f"data: padded layout, {d.truncated:,} train stories truncated to {context} tokens, "
+            f"{d.padding_fraction:.1%} of train positions are padding"
+        )
+    pin = accelerator.device.type == "cuda"
+    return {
+        name: make_dataloader(
+            ds, batch_size, cfg.seed, shuffle=name == "train", drop_last=name == "train", pin_memory=pin
+        )
+        for name, ds in datasets.items()
+    }
 
 
 def _plan_length(run: Run) -> None:
@@ -310,81 +222,37 @@ def _restore(run: Run, path: Path) -> None:
     )
 
 
-def check_resume(cfg: TrainConfig, resume_from: Path, say=print) -> None:
-    """Compare the settings with those the run was started with: refuse what breaks exact
-    continuation (unless --allow-changes), warn about what changes the run from here on."""
-    saved = saved_run_config(resume_from.parent.parent)
-    if saved is None:
-        return
-    changes = resume_changes(saved, cfg)
-    if changes["fixed"] and not cfg.allow_changes:
-        raise UserError(
-            f"--resume with changed settings the run cannot continue exactly with ({'; '.join(changes['fixed'])}); "
-            "drop those flags, add --allow-changes to accept them, or start a new --output-dir"
-        )
-    for change in changes["fixed"] + changes["warn"]:
-        say(f"resume: warning: {change}; the run continues with the new value")
-
-
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
 def train(cfg: TrainConfig) -> dict:
-    resume_from = ckpt.resolve_resume(cfg.resume, Path(cfg.output_dir)) if cfg.resume else None
-    if cfg.resume == "auto" and resume_from is None:
-        print(f"resume: no checkpoint under {ckpt.checkpoints_dir(Path(cfg.output_dir))} yet, starting from scratch")
-    if resume_from is not None:
-        finished = ckpt.read_trainer_state(resume_from).get("finished")
-        if finished:
-            print(
-                f"resume: the run in {cfg.output_dir} is complete ({finished}, {resume_from.name}); nothing to do. "
-                "Its results are in summary.json; to train again, use a new --output-dir"
-            )
-            return {"stop_reason": f"already finished: {finished}", "steps": None}
-        check_resume(cfg, resume_from)
-    from tqdm.auto import tqdm
-
-    with collective_errors(cfg):
+    start = starting_point(cfg)
+    if start.finished:
+        return {"stop_reason": f"already finished: {start.finished}", "steps": None}
+    resume_from = start.checkpoint
+    with collective_errors(cfg.collective_timeout):
         run = build_run(cfg, resume_from)
-        run.window = LossWindow(run.accelerator.device, run.state.tokens)
+        run.window = LossWindow(run.accelerator.device, run.state.tokens, cfg.log_every)
         reason = None
-        run.progress = tqdm(
-            total=run.total_steps,
-            initial=run.state.step,
-            desc="train",
-            unit="step",
-            dynamic_ncols=True,
-            disable=not run.accelerator.is_local_main_process,
+        run.progress = progress(
+            run.total_steps, "train", "step", run.state.step, enabled=run.accelerator.is_local_main_process
         )
         with StopSignal() as stop_signal, run.progress:
             run.model.train()
             while reason is None and run.state.epoch < cfg.epochs:
                 for x, y in epoch_batches(run):
-                    if micro_step(run, x, y) and (reason := after_step(run, stop_signal)):
+                    updated = micro_step(run, x, y)
+                    epoch_end = run.state.count_batch(run.batches_per_epoch)
+                    if updated and (reason := after_step(run, stop_signal, epoch_end)):
                         break
-        return finish_run(run, reason or "completed")
-
-
-@contextlib.contextmanager
-def collective_errors(cfg: TrainConfig):
-    """A collective that timed out or lost its peer becomes one line naming this rank, not a traceback."""
-    try:
-        yield
-    except RuntimeError as e:
-        failure = collective_failure(e, cfg.collective_timeout)
-        if failure is None:
-            raise
-        raise failure from None
+        return finish_run(run, reason or COMPLETED)
 
 
 def epoch_batches(run: Run):
     """The micro-batches of the epoch in progress, from where a resumed run left off."""
-    state = run.state
-    if state.batch_in_epoch >= run.batches_per_epoch:  # its last update was skipped (fp16 overflow)
-        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     loader = run.loaders["train"]
-    loader.set_epoch(state.epoch)
-    skip = state.batch_in_epoch
+    loader.set_epoch(run.state.epoch)
+    skip = run.state.batch_in_epoch
     return run.accelerator.skip_first_batches(loader, skip) if skip else loader
 
 
@@ -402,58 +270,48 @@ def micro_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> bool:
         run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
     run.window.add(loss)
-    state.batch_in_epoch += 1
-    if cfg.layout == "packed":  # every position is a real target, on every process
-        run.step_tokens += y.numel() * acc.num_processes
-    else:
-        run.step_tokens += int(acc.reduce((y != IGNORE_INDEX).sum(), reduction="sum"))
+    run.tokens.add(y)
     if not acc.sync_gradients:
         return False
-    step_tokens, run.step_tokens = run.step_tokens, 0
-    if acc.optimizer_step_was_skipped:  # an fp16 overflow: the scaler skipped this update
-        return False
-    state.step += 1
-    state.tokens += step_tokens
-    return True
+    applied = not acc.optimizer_step_was_skipped  # False for an fp16 overflow: the scaler skipped it
+    run.tokens.end_update(applied)
+    if applied:
+        state.step += 1
+    return applied
 
 
-def after_step(run: Run, stop_signal: StopSignal) -> str | None:
+def after_step(run: Run, stop_signal: StopSignal, epoch_end: bool) -> StopReason | None:
     """Everything that happens between optimizer updates, in order. Returns why the run stops here:
-    finished (completed, early stopping) or paused (a signal or a session limit); None to go on."""
+    finished (completed, early stopping) or paused (a session limit); None to go on. A signal saves,
+    then raises TrainingInterrupted."""
     cfg, state = run.cfg, run.state
+    epoch = state.epoch - 1 if epoch_end else state.epoch  # the epoch this update belongs to
     run.progress.update(1)
-    if state.step % cfg.log_every == 0:
-        log_training(run)
-    epoch = state.epoch
-    epoch_end = state.batch_in_epoch >= run.batches_per_epoch
-    if epoch_end:
-        state.epoch, state.batch_in_epoch = epoch + 1, 0
+    if run.window.should_log(state.step):
+        log_training(run, epoch)
     last_step = state.step >= run.total_steps or state.epoch >= cfg.epochs
-    finished = "completed" if last_step else None
-    if epoch_end or last_step or (cfg.eval_every and state.step % cfg.eval_every == 0):
+    finished = COMPLETED if last_step else None
+    if run.validation.should_run(state.step, epoch_end, last_step):
         with run.window.paused():
-            stop_early = validate(run, epoch, epoch_end)
-        if stop_early:
-            finished = f"early stopping: no validation improvement in {cfg.patience} evaluations"
+            if validate(run, epoch, epoch_end):
+                finished = run.early.reason()
     paused = pause_reason(run, stop_signal)
-    state.finished = None if paused else finished  # a signal at the last step: resume finishes the run
-    if finished or paused or epoch_end or (cfg.save_every and state.step % cfg.save_every == 0):
+    state.finished = str(finished) if finished and not paused else None  # paused at the last step: resume finishes
+    if run.checkpointing.should_save(state.step, epoch_end, stopping=bool(finished or paused)):
+        why = paused or finished or ("end of epoch" if epoch_end else "every --save-every steps")
         with run.window.paused():
-            save(run, paused or finished or ("end of epoch" if epoch_end else "every --save-every steps"))
-    if paused == SIGNALLED:
-        what, code = (
-            (f"{stop_signal.name} received", 128 + stop_signal.signum)
-            if stop_signal.signum
-            else ("another process was signalled", 143)
-        )
+            save(run, str(why))
+    if paused and paused.kind is StopKind.SIGNAL:
         raise TrainingInterrupted(
-            f"{what}: saved step {state.step}; continue with --resume auto --output-dir {run.run_dir}", code
+            f"{paused}: saved step {state.step}; continue with --resume auto --output-dir {run.run_dir}",
+            stop_signal.exit_code,
         )
     return paused or finished
 
 
-def log_training(run: Run) -> None:
+def log_training(run: Run, epoch: int) -> None:
     state = run.state
+    run.tokens.settle(state)
     mean_loss, tokens_per_s = run.window.read(run.accelerator, state.tokens)
     if not math.isfinite(mean_loss):
         raise UserError(
@@ -464,7 +322,7 @@ def log_training(run: Run) -> None:
         {
             "kind": "train",
             "step": state.step,
-            "epoch": state.epoch,
+            "epoch": epoch,
             "loss": mean_loss,
             "perplexity": math.exp(min(mean_loss, 700)),
             "lr": run.optimizer.param_groups[0]["lr"],
@@ -491,17 +349,13 @@ def validate(run: Run, epoch: int, epoch_end: bool) -> bool:
 
 
 def save(run: Run, why: str) -> None:
-    """One step checkpoint per optimizer step at most, whatever asked for it."""
     path = ckpt.save_checkpoint(
         run.accelerator, run.model, run.model_config, run.run_dir, run.checkpoint_state(), run.cfg.keep_last
     )
     run.say(f"checkpoint: {path} ({why.split(';')[0]})")
 
 
-SIGNALLED = "signal"
-
-
-def pause_reason(run: Run, stop_signal: StopSignal) -> str | None:
+def pause_reason(run: Run, stop_signal: StopSignal) -> StopReason | None:
     """A signal or a session limit on any process pauses every process at this same step.
 
     Decided once, for all processes together: a signal that reaches one rank just after this point
@@ -512,23 +366,26 @@ def pause_reason(run: Run, stop_signal: StopSignal) -> str | None:
     out_of_steps = cfg.stop_after_steps is not None and run.state.step - run.session_start_step >= cfg.stop_after_steps
     signalled, limited = any_process(run.accelerator, stop_signal.signum is not None, out_of_time or out_of_steps)
     if signalled:
-        return SIGNALLED
+        what = f"{stop_signal.name} received" if stop_signal.signum else "another process was signalled"
+        return StopReason(StopKind.SIGNAL, what)
     if limited:
-        return (
-            f"paused at step {run.state.step} (session limit); continue with --resume auto --output-dir {run.run_dir}"
+        return StopReason(
+            StopKind.SESSION_LIMIT,
+            f"paused at step {run.state.step} (session limit); continue with --resume auto --output-dir {run.run_dir}",
         )
     return None
 
 
-def finish_run(run: Run, reason: str) -> dict:
+def finish_run(run: Run, reason: StopReason) -> dict:
     """A paused run only says how to continue; a finished one is tested and summarised."""
-    from .summary import test_and_summarise
+    from .finish import test_and_summarise
 
-    if reason.startswith("paused"):
-        run.say(reason)
-        summary = {"stop_reason": reason, "steps": run.state.step}
+    run.tokens.settle(run.state)
+    if reason.finished:
+        summary = test_and_summarise(run, str(reason))
     else:
-        summary = test_and_summarise(run, reason)
+        run.say(str(reason))
+        summary = {"stop_reason": str(reason), "steps": run.state.step}
     run.log.finish()
     run.accelerator.wait_for_everyone()
     return summary

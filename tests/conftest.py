@@ -1,6 +1,10 @@
+"""Runs the suite shares. Each is trained once per session; tests that change one work on a copy."""
+
+import shutil
+
 import pytest
 
-from tests.helpers import SHARED_TINYSTORIES
+from tests.helpers import REFERENCE, SHARED_TINYSTORIES, WANDB_SECRET, tiny_run, train_here
 
 
 @pytest.fixture
@@ -16,10 +20,35 @@ def shared_tinystories():
 
 
 @pytest.fixture(scope="session")
-def wandb_offline_run(tmp_path_factory):
-    """A finished tiny run logged to W&B offline, as a user without a network makes one."""
-    from tests.helpers import tiny_run
+def reference_run(tmp_path_factory):
+    """REFERENCE run straight through: what every interrupted and resumed run must equal."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    train_here(out, *REFERENCE)
+    return out
 
+
+@pytest.fixture(scope="session")
+def paused_run(tmp_path_factory):
+    """A tiny run paused at step 4 of 8: a best checkpoint and step checkpoints to resume from."""
+    out = tmp_path_factory.mktemp("paused") / "run"
+    train_here(out, "--max-steps", "8", "--eval-every", "2", "--stop-after-steps", "4")
+    return out
+
+
+@pytest.fixture(scope="session")
+def finished_run(paused_run, tmp_path_factory):
+    """The paused run resumed to its end: summary, curves, samples and checkpoints."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    shutil.copytree(paused_run, out)
+    train_here(out, "--max-steps", "8", "--eval-every", "2", "--resume", "auto")
+    return out
+
+
+@pytest.fixture(scope="session")
+def wandb_offline_run(tmp_path_factory):
+    """A finished tiny run logged to W&B offline, as a user without a network makes one, with a key in
+    the environment (it must end up nowhere) and the best checkpoint logged as an artifact."""
     out = tmp_path_factory.mktemp("wandb") / "run"
-    tiny_run(out, "--tracker", "wandb", "--max-steps", "4", "--log-every", "1", env={"WANDB_MODE": "offline"})
+    env = {"WANDB_MODE": "offline", "WANDB_API_KEY": WANDB_SECRET, "WANDB_SILENT": "true"}
+    tiny_run(out, "--tracker", "wandb", "--max-steps", "4", "--log-every", "1", "--log-checkpoint", env=env)
     return out

@@ -12,6 +12,24 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_TINYSTORIES = (REPO.parent / "shared" / "data" / "tinystories").resolve()
 PYTHON = sys.executable
 
+# The small preset keeps the paper's dropout (0.1): every resume compared with this run must be
+# exact with dropout on. 7 micro-batches per epoch at batch 2, so 4 optimizer steps an epoch.
+REFERENCE = [
+    "--preset",
+    "small",
+    "--max-steps",
+    "12",
+    "--epochs",
+    "8",
+    "--log-every",
+    "1",
+    "--save-every",
+    "2",
+    "--eval-every",
+    "4",
+]
+WANDB_SECRET = "0123456789abcdef0123456789abcdef01234567"  # shaped like a W&B API key
+
 
 def make_stories(n: int, seed: int = 0) -> list[str]:
     """Deterministic, distinct short stories for tests that must not depend on ../shared."""
@@ -84,7 +102,32 @@ def train_args(out: Path, *extra) -> list[str]:
 
 
 def tiny_run(out: Path, *extra, env=None, check=True, **kwargs):
+    """The tiny run in a process of its own: for what needs one (signals, kills, resource limits)."""
     return run_cli(train_args(out, *extra), env=env, check=check, **kwargs)
+
+
+def invoke(*args, env=None, check=False, input=None):
+    """A `gpt-launch` command in this process, through click's CliRunner: what a real process would
+    print and exit with, without an interpreter's and torch's start-up (~3 s) per command."""
+    from accelerate.state import AcceleratorState, GradientState
+    from click.testing import CliRunner
+
+    from launch.cli import cli
+
+    # Accelerate keeps its state in process-wide singletons: each command starts as a fresh process would.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    result = CliRunner().invoke(cli, [str(a) for a in args], env=env, input=input)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception  # a bug, not a user error: keep its traceback
+    if check and result.exit_code != 0:
+        raise AssertionError(f"{args} exited {result.exit_code}\n{result.output[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def train_here(out: Path, *extra, env=None, check=True):
+    """The tiny run (tiny_run_options) in this process."""
+    return invoke("train", *tiny_run_options(out, *extra), env=env, check=check)
 
 
 def records(run_dir: Path, kind: str) -> list[dict]:

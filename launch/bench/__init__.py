@@ -1,1 +1,1 @@
-"""Benchmark code, kept apart from the product: `gpt-launch bench` and the baselines it measures against."""
+"""`gpt-launch bench`: throughput, MFU, memory, evaluation, generation and data preparation on this device."""

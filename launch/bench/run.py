@@ -1,396 +1,122 @@
-"""`gpt-launch bench`: what this machine gets out of each implementation, measured in one run.
-
-Figures are ratios against baselines measured in the same run, so they survive a noisy machine:
-  - training: useful tokens/s (padding excluded) over full optimizer steps, MFU against this
-    device's *measured* matmul peak, and peak memory (RSS on CPU, allocated on CUDA);
-  - evaluation: tokens/s and peak memory of a validation pass through the chunked head, next to
-    training's and to the full-logits evaluation it replaced;
-  - generation: tokens/s with and without the KV cache;
-  - data preparation: tokens/s of tokenizing real stories on all cores.
-Each training measurement runs in its own process, so peak memory belongs to that one alone.
-"""
+"""`gpt-launch bench`: what this machine gets out of our training, evaluation and generation, as
+ratios against references measured in the same run (see launch/bench/measure.py for each figure)."""
 
 from __future__ import annotations
 
-import json
-import os
-import resource
 import statistics
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 
-from gpt_core import GPT, GPTConfig, generate, get_preset, get_tokenizer
-from launch.runtime import default_batch_size, device_name, resolve_device
+from gpt_core import get_preset
 
-IMPLEMENTATIONS = {
-    "ours": "gpt_core GPT: packed rows, SDPA, fused AdamW, no host sync",
-    "paper": "(a) the paper's recipe: hand-written masked attention, stories padded to 256, accuracy read back each micro-batch",
-    "hf_gpt2": "(b) transformers GPT2LMHeadModel, same size, packed rows, plain AdamW step",
-}
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def measure_matmul_peak(device: torch.device, dtype: torch.dtype, sizes=None, repeats: int = 5) -> float:
-    """FLOP/s of the fastest of `repeats` square matmuls at each size: the best this device really
-    reaches. Taking the best makes MFU conservative (a slow moment lowers MFU, never raises it)."""
-    sizes = sizes or ((4096, 8192) if device.type == "cuda" else (2048, 4096))
-    best = 0.0
-    for size in sizes:
-        a = torch.randn(size, size, device=device, dtype=dtype)
-        b = torch.randn(size, size, device=device, dtype=dtype)
-        a @ b  # warm-up
-        _sync(device)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            a @ b
-            _sync(device)
-            best = max(best, 2 * size**3 / (time.perf_counter() - start))
-    return best
+from ..config import SMOKE_DATA, default_batch_size
+from ..runtime import device_name, resolve_device
+from .measure import (
+    DTYPES,
+    EVALUATIONS,
+    default_implementations,
+    interleaved,
+    measure_data_preparation,
+    measure_generation,
+    measure_matmul_peak,
+    resolve,
+    story_files,
+)
 
 
-def _rows(kind: str, data: dict, context: int, batch: int, count: int, device):
-    """`count` micro-batches of real stories: packed windows, or one padded story per row."""
-    import numpy as np
-
-    from launch.data import PackedDataset, PaddedDataset, TokenSplit
-
-    split = TokenSplit("train", np.load(data["tokens"], mmap_mode="r"), np.load(data["offsets"]))
-    ds = PaddedDataset(split, context) if kind == "paper" else PackedDataset(split, context)
-    out = []
-    for i in range(count):
-        rows = [ds[(i * batch + j) % len(ds)] for j in range(batch)]
-        x = torch.stack([r[0] for r in rows]).to(device)
-        y = torch.stack([r[1] for r in rows]).to(device)
-        out.append((x, y))
-    return out
-
-
-def _peak_memory_mb(device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    # VmHWM is this process image's own peak. ru_maxrss is not: Linux carries the pre-exec peak of a
-    # forked child over, so every worker would report at least the parent's size.
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # macOS reports bytes, Linux KiB
+@dataclass(frozen=True)
+class BenchSettings:
+    preset: str = "paper"
+    batch_size: int | None = None  # default_batch_size of the device
+    grad_accum: int = 2
+    steps: int = 3
+    warmup: int = 2
+    rounds: int = 2
+    device: str = "auto"
+    precision: str | None = None  # fp32 on a CPU, bf16 on a GPU
+    data: str | None = None  # the shipped smoke stories
+    gen_tokens: int = 300
+    compile: bool = False
+    cache_dir: str | None = None
 
 
-def train_worker(spec: dict) -> dict:
-    """Runs in its own process: build one implementation, time `steps` optimizer steps."""
-    from launch.bench import baselines
-    from launch.config import TrainConfig
-    from launch.train import build_optimizer
-
-    torch.manual_seed(0)
-    device = torch.device(spec["device"])
-    config = GPTConfig.from_dict(spec["model_config"]) if spec.get("model_config") else get_preset(spec["preset"])
-    paper = TrainConfig()  # the recipe's optimizer settings, for every implementation alike
-    kind, batch, accum = spec["kind"], spec["batch_size"], spec["grad_accum"]
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[spec["precision"]]
-    if kind == "ours":
-        model = GPT(config).to(device)
-        optimizer = build_optimizer(model, paper, device)
-    else:
-        model = (baselines.PaperGPT(config) if kind == "paper" else baselines.hf_gpt2(config)).to(device)
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=paper.lr, betas=paper.betas, weight_decay=paper.weight_decay
-        )
-    if spec.get("compile") and kind == "ours":
-        model = torch.compile(model)
-    model.train()
-    scaler = torch.amp.GradScaler(device.type, enabled=spec["precision"] == "fp16")
-    warmup = spec["warmup"]
-    micro = _rows(kind, spec["data"], config.context_length, batch, accum * (spec["steps"] + warmup), device)
-
-    def useful(y):  # real targets: padding never counted; GPT-2 predicts T-1 of its T inputs
-        return int((y != -100).sum()) if kind == "paper" else y.shape[0] * (y.shape[1] - (kind == "hf_gpt2"))
-
-    def ours_step(batches):
-        for x, y in batches:
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                _, loss = model(x, y)
-            scaler.scale(loss / len(batches)).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), paper.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-
-    def baseline_step(batches):
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            if kind == "paper":
-                baselines.paper_step(model, optimizer, batches)
-            else:
-                baselines.hf_step(model, optimizer, batches)
-
-    step = ours_step if kind == "ours" else baseline_step
-    groups = [micro[i * accum : (i + 1) * accum] for i in range(spec["steps"] + warmup)]
-    for group in groups[:warmup]:  # page faults, optimizer state, kernel selection, compile
-        step(group)
-    _sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    per_step, tokens = [], 0
-    for group in groups[warmup:]:
-        start = time.perf_counter()
-        step(group)
-        _sync(device)
-        step_tokens = sum(useful(y) for _, y in group)
-        per_step.append(step_tokens / (time.perf_counter() - start))
-        tokens += step_tokens
-    params = sum(p.numel() for p in model.parameters())
-    return {
-        "kind": kind,
-        "step_tokens_per_s": per_step,
-        "useful_tokens": tokens,
-        "peak_memory_mb": _peak_memory_mb(device),
-        "parameters": params,
-        "padding_fraction": 1 - tokens / (spec["steps"] * accum * batch * config.context_length),
-    }
-
-
-EVALUATIONS = {
-    "eval": "gpt_core GPT, measure=True: loss and accuracy per row through the chunked head",
-    "eval_full_logits": "(c) the full (batch x context x vocab) logits, cross-entropy and argmax",
-}
-
-
-@torch.no_grad()
-def eval_worker(spec: dict) -> dict:
-    """Runs in its own process: time `steps` evaluation micro-batches of real stories, as `evaluate` runs them."""
-    from launch.bench.baselines import full_logits_rows
-
-    torch.manual_seed(0)
-    device = torch.device(spec["device"])
-    config = GPTConfig.from_dict(spec["model_config"]) if spec.get("model_config") else get_preset(spec["preset"])
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[spec["precision"]]
-    model = GPT(config).to(device).eval()
-    warmup, steps = spec["warmup"], spec["steps"] * spec["grad_accum"]  # as many micro-batches as training timed
-    micro = _rows("ours", spec["data"], config.context_length, spec["batch_size"], steps + warmup, device)
-
-    def measure(x, y):
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            return model(x, y, measure=True)[1] if spec["kind"] == "eval" else full_logits_rows(model, x, y)
-
-    for x, y in micro[:warmup]:
-        measure(x, y)
-    _sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    per_batch = []
-    for x, y in micro[warmup:]:
-        start = time.perf_counter()
-        rows = measure(x, y)
-        tokens = int(rows[:, 2].sum())  # reading the count back also waits for the device
-        per_batch.append(tokens / (time.perf_counter() - start))
-    return {"kind": spec["kind"], "step_tokens_per_s": per_batch, "peak_memory_mb": _peak_memory_mb(device)}
-
-
-def _in_subprocess(spec: dict) -> dict:
-    proc = subprocess.run(
-        [sys.executable, "-m", "launch.bench.run", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"benchmark worker {spec['kind']} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def story_files(source: str | None = None, cache_dir: str | None = None) -> dict:
-    """The token and offset files of the train split of `source` (default: the shipped smoke stories)."""
-    from launch.data import SMOKE_DATA, DataConfig, prepare_data
-
-    prepared = prepare_data(
-        DataConfig(source=source or str(SMOKE_DATA), max_samples=None, cache_dir=cache_dir), log=lambda *_: None
-    )
-    return {
-        "tokens": str(prepared.cache_dir / "train.tokens.npy"),
-        "offsets": str(prepared.cache_dir / "train.offsets.npy"),
-        "cache_root": str(prepared.cache_dir.parent.parent),
-    }
-
-
-def measure_our_training(
-    config: GPTConfig,
-    device: torch.device,
-    batch_size: int | None = None,
-    grad_accum: int = 2,
-    steps: int = 3,
-    warmup: int = 2,
-) -> float:
-    """Our fp32 training throughput in useful tokens/s (median step), measured exactly as the benchmark
-    measures it, in this process: what `gpt-launch info` estimates an epoch from."""
-    spec = {
-        "kind": "ours",
-        "model_config": config.to_dict(),
-        "batch_size": batch_size or default_batch_size(device),
-        "grad_accum": grad_accum,
-        "steps": steps,
-        "warmup": warmup,
-        "device": str(device),
-        "precision": "fp32",
-        "data": story_files(),
-    }
-    return statistics.median(train_worker(spec)["step_tokens_per_s"])
-
-
-def measure_evaluation(spec: dict, rounds: int, progress=print) -> dict:
-    """Evaluation at the training micro-batch size, each kind in its own process, interleaved rounds."""
-    pooled = {}
-    for round_index in range(rounds):
-        for kind in EVALUATIONS:
-            progress(f"bench: evaluating with {kind} (round {round_index + 1}/{rounds}): {EVALUATIONS[kind]}")
-            row = _in_subprocess({**spec, "kind": kind, "compile": False})
-            into = pooled.setdefault(kind, {**row, "step_tokens_per_s": []})
-            into["step_tokens_per_s"] += row["step_tokens_per_s"]
-            into["peak_memory_mb"] = max(into["peak_memory_mb"], row["peak_memory_mb"])
-    for row in pooled.values():
-        row["tokens_per_s"] = statistics.median(row["step_tokens_per_s"])
-    return pooled
-
-
-def measure_generation(preset: str, device, tokens: int, use_cache: bool) -> float:
-    torch.manual_seed(0)
-    model = GPT(get_preset(preset)).to(device).eval()
-    prompt = get_tokenizer().encode("Once upon a time")
-    generate(model, prompt, 4, greedy=True, eos_id=None, use_cache=use_cache)  # warm-up
-    _sync(device)
-    start = time.perf_counter()
-    out = generate(model, prompt, tokens, greedy=True, eos_id=None, use_cache=use_cache)
-    _sync(device)
-    return len(out) / (time.perf_counter() - start)
-
-
-def measure_data_preparation(source: str) -> dict:
-    """A cold preparation of `source` into a scratch cache (`launch.bench.data` measures it at scale)."""
-    from launch.data import DataConfig, prepare_data
-
-    with tempfile.TemporaryDirectory() as scratch:
-        meta = prepare_data(DataConfig(source=source, max_samples=None, cache_dir=scratch), log=lambda *_: None).meta
-    return {
-        "stories": sum(s["stories"] for s in meta["splits"].values()),
-        "tokens": sum(s["tokens"] for s in meta["splits"].values()),
-        "tokens_per_s": meta["tokens_per_second"],
-        "workers": meta["workers"],
-    }
-
-
-def run_bench(
-    preset="paper",
-    batch_size=None,
-    grad_accum=2,
-    steps=3,
-    warmup=2,
-    device="auto",
-    precision=None,
-    data=None,
-    baselines=True,
-    gen_tokens=300,
-    compile=False,
-    cache_dir=None,
-    rounds=2,
-    progress=print,
-) -> dict:
-    from launch.data import SMOKE_DATA
-
-    dev = resolve_device(device)
-    precision = precision or ("fp32" if dev.type == "cpu" else "bf16")
-    batch = batch_size or default_batch_size(dev)
-    config = get_preset(preset)
-    source = data or str(SMOKE_DATA)
-    data_files = story_files(source, cache_dir)
-    peak_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+def run_bench(settings: BenchSettings, implementations: dict[str, str] | None = None, progress=print) -> dict:
+    """Every measurement; `implementations` (kind -> "module:ATTRIBUTE") are trained side by side, the
+    first being ours (default: `default_implementations()`)."""
+    s, implementations = settings, implementations or default_implementations()
+    dev = resolve_device(s.device)
+    precision = s.precision or ("fp32" if dev.type == "cpu" else "bf16")
+    config, source = get_preset(s.preset), s.data or str(SMOKE_DATA)
+    peak_dtype = DTYPES[precision] or torch.float32
     progress(f"bench: measuring the {precision} matmul peak on {dev}")
     peak = measure_matmul_peak(dev, peak_dtype)
-    flops_per_token = config.flops_per_token()
+    batch = s.batch_size or default_batch_size(dev.type)
     result = {
         "device": device_name(dev),
         "precision": precision,
-        "preset": preset,
+        "preset": s.preset,
         "batch_size": batch,
-        "grad_accum": grad_accum,
+        "grad_accum": s.grad_accum,
         "context": config.context_length,
-        "steps": steps,
-        "warmup": warmup,
-        "rounds": rounds,
+        "steps": s.steps,
+        "warmup": s.warmup,
+        "rounds": s.rounds,
         "data": source,
         "torch_threads": torch.get_num_threads(),
-        "matmul_peak_tflops": peak / 1e12,
-        "flops_per_token": flops_per_token,
-        "training": {},
-        "compile": compile,
+        "flops_per_token": config.flops_per_token(),
+        "compile": s.compile,
     }
-    kinds = ["ours", "paper", "hf_gpt2"] if baselines else ["ours"]
     spec = {
-        "preset": preset,
+        "preset": s.preset,
         "batch_size": batch,
-        "grad_accum": grad_accum,
-        "steps": steps,
+        "grad_accum": s.grad_accum,
+        "steps": s.steps,
         "device": str(dev),
         "precision": precision,
-        "data": data_files,
-        "compile": compile,
-        "warmup": warmup,
+        "data": story_files(source, s.cache_dir),
+        "compile": s.compile,
+        "warmup": s.warmup,
     }
-    # Interleaved rounds, median per-step throughput: a slow moment of a shared machine hits every
-    # implementation alike instead of whichever happened to run then.
-    for round_index in range(rounds):
-        for kind in kinds:
-            progress(f"bench: training {kind} (round {round_index + 1}/{rounds}): {IMPLEMENTATIONS[kind]}")
-            row = _in_subprocess({**spec, "kind": kind})
-            pooled = result["training"].setdefault(kind, {**row, "step_tokens_per_s": []})
-            pooled["step_tokens_per_s"] += row["step_tokens_per_s"]
-            pooled["peak_memory_mb"] = max(pooled["peak_memory_mb"], row["peak_memory_mb"])
-    for row in result["training"].values():
-        row["tokens_per_s"] = statistics.median(row["step_tokens_per_s"])
-    ours = result["training"]["ours"]["tokens_per_s"]
-    for kind in kinds[1:]:
-        result["training"][kind]["ours_speedup"] = ours / result["training"][kind]["tokens_per_s"]
-    # The peak again, after the runs: the higher of the two is the denominator of MFU.
-    peak = max(peak, measure_matmul_peak(dev, peak_dtype))
-    result["matmul_peak_tflops"] = peak / 1e12
-    for row in result["training"].values():
-        row["mfu"] = row["tokens_per_s"] * flops_per_token / peak
-    result["evaluation"] = measure_evaluation(spec, rounds, progress)
-    for row in result["evaluation"].values():
-        row["vs_training"] = row["tokens_per_s"] / ours
-        row["memory_vs_training"] = row["peak_memory_mb"] / result["training"]["ours"]["peak_memory_mb"]
-    progress(f"bench: generating {gen_tokens} tokens with and without the KV cache ({rounds} interleaved rounds)")
-    timings = {True: [], False: []}
-    for _ in range(rounds):
-        for use_cache in (True, False):
-            timings[use_cache].append(measure_generation(preset, dev, gen_tokens, use_cache))
-    cached, uncached = statistics.median(timings[True]), statistics.median(timings[False])
-    result["generation"] = {
-        "tokens": gen_tokens,
-        "cached_tokens_per_s": cached,
-        "uncached_tokens_per_s": uncached,
-        "cache_speedup": cached / uncached,
-    }
+    kinds = {kind: (resolve(ref).description, {"implementation": ref}) for kind, ref in implementations.items()}
+    training = interleaved(spec, kinds, s.rounds, "training", progress)
+    ours = training[next(iter(implementations))]
+    peak = max(peak, measure_matmul_peak(dev, peak_dtype))  # again after the runs: the higher is MFU's denominator
+    for row in training.values():
+        row["mfu"] = row["tokens_per_s"] * result["flops_per_token"] / peak
+        if row is not ours:
+            row["ours_speedup"] = ours["tokens_per_s"] / row["tokens_per_s"]
+    evaluation = interleaved(spec, {k: (v, {}) for k, v in EVALUATIONS.items()}, s.rounds, "evaluating", progress)
+    for row in evaluation.values():
+        row["vs_training"] = row["tokens_per_s"] / ours["tokens_per_s"]
+        row["memory_vs_training"] = row["peak_memory_mb"] / ours["peak_memory_mb"]
+    result.update(matmul_peak_tflops=peak / 1e12, training=training, evaluation=evaluation)
+    result["generation"] = _generation(s, dev, progress)
     progress("bench: preparing the stories from scratch")
     result["data_preparation"] = measure_data_preparation(source)
     return result
 
 
+def _generation(s: BenchSettings, dev: torch.device, progress) -> dict:
+    progress(f"bench: generating {s.gen_tokens} tokens with and without the KV cache ({s.rounds} interleaved rounds)")
+    timings: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(s.rounds):
+        for use_cache in (True, False):
+            timings[use_cache].append(measure_generation(s.preset, dev, s.gen_tokens, use_cache))
+    cached, uncached = statistics.median(timings[True]), statistics.median(timings[False])
+    return {
+        "tokens": s.gen_tokens,
+        "cached_tokens_per_s": cached,
+        "uncached_tokens_per_s": uncached,
+        "cache_speedup": cached / uncached,
+    }
+
+
 def format_table(r: dict) -> str:
     lines = [
         f"device: {r['device']}, {r['precision']}, preset {r['preset']}, batch {r['batch_size']} x accumulation "
-        f"{r['grad_accum']}, context {r['context']}, median of {r['steps']} x {r['rounds']} interleaved optimizer steps "
+        f"{r['grad_accum']}, context {r['context']}, "
+        f"median of {r['steps']} x {r['rounds']} interleaved optimizer steps "
         f"(after {r['warmup']} untimed), "
         f"torch threads {r['torch_threads']}",
         f"measured {r['precision']} matmul peak: {r['matmul_peak_tflops'] * 1e3:,.1f} GFLOP/s; "
@@ -419,9 +145,3 @@ def format_table(r: dict) -> str:
         f"({d['workers']} worker processes)",
     ]
     return "\n".join(lines)
-
-
-if __name__ == "__main__":  # a worker: one measurement, JSON on the last line of stdout
-    worker_spec = json.loads(sys.argv[1])
-    worker = eval_worker if worker_spec["kind"] in EVALUATIONS else train_worker
-    print(json.dumps(worker(worker_spec)))

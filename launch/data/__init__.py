@@ -1,58 +1,16 @@
-"""From a story source to batches of token ids, in three stages, one file each.
+"""From a story source to batches of token ids, in stages, one file each.
 
     sources.py   hub id | file | folder | glob  --read in bounded chunks-->  raw records
-    prepare.py   --workers: clean, digest, tokenize-->  --dedupe, split-->  uint16 token cache on disk
+    tokenize.py  --worker processes: clean, digest, tokenize-->  token chunks
+    stream.py    --main process: drop duplicates, append-->  one token stream on disk
+    splits.py    --cut or gather-->  train / validation / test files
+    prepare.py   the token cache: key, lock, build, atomic rename, read back
     batching.py  --memory-mapped packed or padded rows-->  seeded, resumable, per-process batches
+
+Import from the stage modules themselves (`from launch.data.prepare import prepare_data`). This
+file imports nothing on purpose: the tokenizer's worker processes import `launch.data.tokenize`,
+and must not pay for torch (~200 MB a process) through their package.
 
 Everything a user sees is counted: stories dropped and why, tokens per split, stories truncated
 and the padding fraction in `padded` mode.
 """
-
-import importlib
-
-from ..config import SMOKE_DATA, DataConfig
-from .prepare import (
-    SPLITS,
-    PreparedData,
-    TokenSplit,
-    concat_splits,
-    prepare_data,
-    split_stories,
-    tokenize_chunk,
-    tokenize_stories,
-    verify_cache,
-)
-from .sources import Chunk, Source, resolve_files
-
-# batching (torch) loads on first use: the tokenizer worker processes import this package too
-_BATCHING = ("EpochShuffleSampler", "PackedDataset", "PaddedDataset", "make_dataloader", "make_dataset")
-
-
-def __getattr__(name: str):
-    if name in _BATCHING or name == "batching":
-        batching = importlib.import_module(".batching", __name__)
-        return batching if name == "batching" else getattr(batching, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = [
-    "SMOKE_DATA",
-    "SPLITS",
-    "Chunk",
-    "DataConfig",
-    "EpochShuffleSampler",
-    "PackedDataset",
-    "PaddedDataset",
-    "PreparedData",
-    "Source",
-    "TokenSplit",
-    "concat_splits",
-    "make_dataloader",
-    "make_dataset",
-    "prepare_data",
-    "resolve_files",
-    "split_stories",
-    "tokenize_chunk",
-    "tokenize_stories",
-    "verify_cache",
-]

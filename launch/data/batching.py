@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from gpt_core import EOT_ID, IGNORE_INDEX
 
 from ..errors import UserError
-from .prepare import TokenSplit
+from .splits import TokenSplit
 
 
 class PackedDataset(Dataset):

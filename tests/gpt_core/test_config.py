@@ -49,7 +49,7 @@ def test_invalid_configs_fail_clearly(changes, words):
 
 
 def test_unknown_preset_and_fields(tmp_path):
-    with pytest.raises(ConfigError, match="unknown preset 'huge'.*paper"):
+    with pytest.raises(ConfigError, match=r"unknown preset 'huge'.*paper"):
         get_preset("huge")
     (tmp_path / "c.json").write_text('{"d_model": 64, "n_heads": 2}')
     with pytest.raises(ConfigError, match="unknown model config field"):

@@ -35,11 +35,6 @@ def test_round_trip(tok, text):
     assert tok.decode(tok.encode(text, allow_special=True)) == text
 
 
-def test_batch_encoding_equals_single(tok):
-    texts = [f"Story number {i}. Tom liked the red ball." for i in range(50)]
-    assert tok.encode_batch(texts, num_threads=2) == [tok.encode(t) for t in texts]
-
-
 def test_offline_build_verifies_hashes_and_matches():
     enc = _offline_gpt2()  # raises if the shipped files' sha256 differ from tiktoken's expected hashes
     assert enc.encode_ordinary("The brave knight") == Tokenizer().encode("The brave knight")

@@ -18,7 +18,7 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_missing_files(tmp_path):
-    with pytest.raises(CheckpointError, match="config.json is missing"):
+    with pytest.raises(CheckpointError, match=r"config\.json is missing"):
         load_pretrained(tmp_path)
 
 

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from launch.config import DataConfig, smoke_config
-from launch.data import make_dataloader, make_dataset, prepare_data
+from launch.data.batching import make_dataloader, make_dataset
+from launch.data.prepare import prepare_data
 from launch.runtime import make_accelerator
 from launch.train import train
 

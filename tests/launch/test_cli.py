@@ -1,4 +1,5 @@
-"""Every `gpt-launch` subcommand, on a tiny checkpoint trained in the test."""
+"""Every `gpt-launch` subcommand, on the session's tiny trained run, in this process except where
+several processes are the point."""
 
 import json
 import math
@@ -7,25 +8,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from click.testing import CliRunner
 
 from gpt_core import get_tokenizer, load_pretrained
-from launch.cli import cli
-from launch.data import SMOKE_DATA, DataConfig, PackedDataset, prepare_data
-from tests.helpers import PYTHON, launch_two, run_cli, tiny_run
-
-pytestmark = pytest.mark.slow
+from launch.config import SMOKE_DATA, DataConfig
+from launch.data.batching import PackedDataset
+from launch.data.prepare import prepare_data
+from tests.helpers import invoke, launch_two, run_cli
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cli") / "run"
-    tiny_run(out, "--max-steps", "6")
-    return out
-
-
-def invoke(*args, input=None):
-    return CliRunner().invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
+def run_dir(finished_run):
+    return finished_run
 
 
 def test_help_explains_the_options():
@@ -72,7 +65,7 @@ def test_generate_num_samples_greedy_and_interactive(run_dir):
     ],
 )
 def test_generate_bad_arguments_are_one_line_errors(run_dir, args, words):
-    result = CliRunner().invoke(cli, ["generate", str(run_dir), "--max-tokens", "3", *args])
+    result = invoke("generate", run_dir, "--max-tokens", "3", *args)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.exit_code == 2 and len(errors) == 1 and words in errors[0], result.stderr
     assert "Traceback" not in result.output
@@ -80,7 +73,7 @@ def test_generate_bad_arguments_are_one_line_errors(run_dir, args, words):
 
 
 def test_generate_missing_checkpoint(tmp_path):
-    result = CliRunner().invoke(cli, ["generate", str(tmp_path / "nope")])
+    result = invoke("generate", tmp_path / "nope")
     assert result.exit_code == 2 and "does not exist" in result.stderr
 
 
@@ -129,10 +122,7 @@ def test_evaluate_is_exp_of_mean_token_loss(run_dir, tmp_path):
 def test_evaluate_takes_the_data_settings_from_the_run(run_dir, tmp_path):
     """No --data: the run's own train_config.json says which stories and split, not the paper's hub default."""
     out = tmp_path / "m.json"
-    result = run_cli(
-        [PYTHON, "-m", "launch.cli", "evaluate", run_dir, "--split", "validation", "--json-out", out],
-        env={"HF_HUB_OFFLINE": "1"},
-    )
+    result = invoke("evaluate", run_dir, "--split", "validation", "--json-out", out, env={"HF_HUB_OFFLINE": "1"})
     assert "data settings from" in result.stdout and "train_config.json" in result.stdout
     assert json.loads(out.read_text())["data"] == str(SMOKE_DATA)
 
@@ -160,8 +150,9 @@ def test_evaluate_padded_counts_no_padding(run_dir, tmp_path):
     assert json.loads(out.read_text())["tokens"] == expected_tokens
 
 
+@pytest.mark.slow
 def test_evaluate_two_processes_match_one(run_dir, tmp_path):
-    # 9 validation rows over 2 processes x batch 2: Accelerate repeats rows to even out the last
+    # 15 validation rows over 2 processes x batch 2: Accelerate repeats rows to even out the last
     # batch; gather_for_metrics must drop them so every token is counted once.
     common = [
         str(run_dir),
@@ -174,7 +165,7 @@ def test_evaluate_two_processes_match_one(run_dir, tmp_path):
         "--data-cache",
         str(tmp_path / "c"),
     ]
-    run_cli([PYTHON, "-m", "launch.cli", "evaluate", *common, "--json-out", str(tmp_path / "one.json")])
+    invoke("evaluate", *common, "--json-out", tmp_path / "one.json", check=True)
     run_cli(launch_two("-m", "launch.cli", "evaluate", *common, "--json-out", str(tmp_path / "two.json")))
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert two["processes"] == 2 and one["tokens"] == two["tokens"]
@@ -188,7 +179,7 @@ def test_info_for_preset_and_checkpoint(run_dir):
     assert "estimated time per epoch" in paper.output
     tiny = invoke("info", run_dir, "--measure-steps", "1")
     assert tiny.exit_code == 0 and '"d_model": 32' in tiny.output
-    unknown = CliRunner().invoke(cli, ["info", "--preset", "huge"])
+    unknown = invoke("info", "--preset", "huge")
     assert unknown.exit_code == 2 and "unknown preset 'huge'" in unknown.stderr
 
 
@@ -202,7 +193,7 @@ def test_report_markdown_and_html(run_dir, tmp_path):
     html = (run_dir / "report.html").read_text()
     assert html.startswith("<!doctype html>") and "data:image/png;base64,iVBORw0KGgo" in html  # an embedded real PNG
     assert "parameters" in html and "The brave knight" in html
-    missing = CliRunner().invoke(cli, ["report", str(tmp_path)])
+    missing = invoke("report", tmp_path)
     assert missing.exit_code == 2 and "has no summary.json" in missing.stderr
 
 
@@ -210,7 +201,7 @@ def test_generate_without_a_path_uses_the_newest_run(run_dir, tmp_path, monkeypa
     import shutil
 
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(cli, ["generate", "--max-tokens", "3"])
+    result = invoke("generate", "--max-tokens", "3")
     assert result.exit_code == 2 and "no run under ./runs" in result.stderr
     shutil.copytree(run_dir, tmp_path / "runs" / "mine")
     result = invoke("generate", "--max-tokens", "3", "--seed", "0")

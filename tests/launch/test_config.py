@@ -68,6 +68,10 @@ def test_bad_data_configs_name_the_flag(bad, words):
         DataConfig(**bad)
 
 
+def test_max_samples_zero_means_every_story():
+    assert DataConfig(max_samples=0).max_samples is None  # as --max-samples 0 says, without the CLI's help
+
+
 def test_one_seed():
     assert "seed" not in {f.name for f in dataclasses.fields(DataConfig)}
     assert [dotted for dotted, _, _ in leaf_fields() if "seed" in dotted] == ["seed"]

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from launch.data import SMOKE_DATA
-from tests.helpers import PYTHON, child_env, free_port, launch_two, losses, records, run_cli, tiny_run_options
+from launch.config import SMOKE_DATA
+from tests.helpers import PYTHON, child_env, free_port, invoke, launch_two, losses, records, run_cli, tiny_run_options
 
 pytestmark = pytest.mark.slow
 
@@ -31,40 +31,44 @@ def test_two_processes_split_the_data_and_agree(tmp_path):
     assert ranks[0]["test"] == ranks[1]["test"], "the final metrics are the same on every process"
     run = tmp_path / "run"
     steps = [
-        json.loads(l)["step"]
-        for l in (run / "metrics.jsonl").read_text().splitlines()
-        if json.loads(l)["kind"] == "train"
+        json.loads(line)["step"]
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["kind"] == "train"
     ]
     assert steps == sorted(set(steps)), "one set of logs, written once"
     assert json.loads((run / "summary.json").read_text())["hardware"]["processes"] == 2
 
 
+def deepspeed_run(config: str, out: Path, *extra) -> list[str]:
+    """The tiny smoke recipe on two CPU processes under a shipped DeepSpeed config."""
+    return [
+        "accelerate",
+        "launch",
+        "--config_file",
+        config,
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        "recipes/tinystories.py",
+        "--smoke",
+        "--preset",
+        "tiny",
+        "--max-steps",
+        "4",
+        "--output-dir",
+        str(out),
+        "--data-cache",
+        str(out.parent / "cache"),
+        "--sample-tokens",
+        "8",
+        *extra,
+    ]
+
+
 def test_deepspeed_zero2_on_two_cpu_processes(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli(
-        [
-            "accelerate",
-            "launch",
-            "--config_file",
-            "launch/deepspeed_zero2.yaml",
-            "--num_processes",
-            "2",
-            "--mixed_precision",
-            "no",
-            "recipes/tinystories.py",
-            "--smoke",
-            "--preset",
-            "tiny",
-            "--max-steps",
-            "4",
-            "--output-dir",
-            str(out),
-            "--data-cache",
-            str(tmp_path / "cache"),
-            "--sample-tokens",
-            "8",
-        ]
-    )
+    proc = run_cli(deepspeed_run("launch/deepspeed_zero2.yaml", out))
     assert "train: 2 process(es)" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["hardware"]["processes"] == 2 and summary["steps"] == 4
@@ -85,30 +89,7 @@ def test_deepspeed_zero3_shards_parameters_and_resumes(tmp_path):
     from gpt_core import get_preset, load_pretrained
 
     out = tmp_path / "run"
-    args = [
-        "accelerate",
-        "launch",
-        "--config_file",
-        "launch/deepspeed_zero3.yaml",
-        "--num_processes",
-        "2",
-        "--mixed_precision",
-        "no",
-        "recipes/tinystories.py",
-        "--smoke",
-        "--preset",
-        "tiny",
-        "--max-steps",
-        "4",
-        "--output-dir",
-        str(out),
-        "--data-cache",
-        str(tmp_path / "cache"),
-        "--sample-tokens",
-        "8",
-        "--log-every",
-        "1",
-    ]
+    args = deepspeed_run("launch/deepspeed_zero3.yaml", out, "--log-every", "1")
     paused = run_cli(args + ["--stop-after-steps", "2"])
     assert "paused at step 2" in paused.stdout + paused.stderr
     shards = sorted(p.name for p in (out / "checkpoints" / "step-0000002" / "state" / "pytorch_model").glob("*.pt"))
@@ -183,10 +164,20 @@ def wait_for(path: Path, launcher: subprocess.Popen, timeout: float = 120) -> No
         time.sleep(0.02)
 
 
-def test_two_machines_on_loopback_train_as_one_two_process_host(tmp_path):
+# Long enough that a rank killed once step 8 is saved still has steps left to restart for.
+ELASTIC = ("--max-steps", "20", "--save-every", "4", "--resume", "auto", "--epochs", "8")
+
+
+@pytest.fixture(scope="module")
+def two_process_reference(tmp_path_factory):
+    """An ELASTIC run of two processes on one host, never interrupted."""
+    out = tmp_path_factory.mktemp("two-process") / "run"
+    run_cli(two_process_run(out, extra=ELASTIC))
+    return out
+
+
+def test_two_machines_on_loopback_train_as_one_two_process_host(tmp_path, two_process_reference):
     """Machine 0 and machine 1 (one process each) over 127.0.0.1 = the same run on one 2-process host."""
-    single = tmp_path / "single" / "run"
-    run_cli(two_process_run(single))
     multi = tmp_path / "multi" / "run"
     logs, port = [tmp_path / f"machine{rank}.log" for rank in (0, 1)], free_port()
     nodes = [
@@ -201,6 +192,7 @@ def test_two_machines_on_loopback_train_as_one_two_process_host(tmp_path):
                 "127.0.0.1",
                 "--main_process_port",
                 str(port),
+                extra=ELASTIC,
             ),
             logs[rank],
         )
@@ -210,16 +202,14 @@ def test_two_machines_on_loopback_train_as_one_two_process_host(tmp_path):
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     assert "train: 2 process(es)" in outputs[0]
     assert json.loads((multi / "summary.json").read_text())["hardware"]["processes"] == 2
-    assert run_records(multi) == run_records(single)  # same seed, same data per rank: bit for bit
-    assert sorted(p.name for p in (multi / "checkpoints").iterdir()) == ["best", "step-0000006"]
+    assert run_records(multi) == run_records(two_process_reference)  # same seed, same data per rank: bit for bit
+    assert sorted(p.name for p in (multi / "checkpoints").iterdir()) == ["best", "step-0000016", "step-0000020"]
 
 
-def test_a_killed_rank_restarts_the_group_from_the_last_checkpoint(tmp_path):
+def test_a_killed_rank_restarts_the_group_from_the_last_checkpoint(tmp_path, two_process_reference):
     """torchrun's --max_restarts with --resume auto: SIGKILL one rank mid-run; the group restarts and
     ends with exactly the losses of a run never interrupted."""
-    extra = ("--max-steps", "20", "--save-every", "4", "--resume", "auto", "--epochs", "8")
-    plain = tmp_path / "plain" / "run"
-    run_cli(two_process_run(plain, extra=extra))
+    plain = two_process_reference
     out = tmp_path / "elastic" / "run"
     log = tmp_path / "elastic.log"
     launcher = start(
@@ -235,7 +225,7 @@ def test_a_killed_rank_restarts_the_group_from_the_last_checkpoint(tmp_path):
             "127.0.0.1",
             "--main_process_port",
             str(free_port()),
-            extra=extra,
+            extra=ELASTIC,
         ),
         log,
         env={"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"},
@@ -266,9 +256,13 @@ def test_a_hung_rank_ends_the_run_after_the_collective_timeout(tmp_path):
         log,
     )
     wait_for(out / "checkpoints" / "step-0000004", launcher)
-    hung = worker(launcher, 1)
+    waiting, hung = worker(launcher, 0), worker(launcher, 1)
     hung.send_signal(signal.SIGSTOP)  # alive, holding its sockets, answering nothing
     try:
+        waiting.wait(timeout=120)  # rank 0 gives up after the collective timeout, with its error
+        # The launcher then stops the hung rank; a stopped process only dies to SIGKILL, which
+        # torchrun sends after its 30 s grace period. Here it is sent at once, as an operator would.
+        hung.kill()
         output = finish(launcher, log, timeout=180)
     finally:
         if hung.is_running():
@@ -303,7 +297,7 @@ def test_sigterm_to_a_single_process_launcher_checkpoints_instead_of_orphaning(t
     saved = sorted((out / "checkpoints").glob("step-*"))[-1]
     state = json.loads((saved / "trainer_state.json").read_text())
     assert 4 <= state["step"] < 60 and not state.get("finished")
-    resumed = run_cli(args + ["--resume", "auto"])
+    resumed = invoke(*args[6:], "--resume", "auto", check=True)  # the same `train` command, in this process
     assert "resume: " in resumed.stdout and json.loads((out / "summary.json").read_text())["steps"] == 60
 
 

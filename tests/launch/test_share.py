@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from launch.share import SPEC_NAME, build_report, report_spec, wandb_runs
-from tests.helpers import PYTHON, run_cli
+from tests.helpers import PYTHON, invoke, run_cli
 
 pytestmark = pytest.mark.slow
 SECRET = "s3cr3t" * 7  # 42 characters, shaped like a W&B key
@@ -45,10 +45,8 @@ def test_report_panels_refer_only_to_logged_keys(wandb_offline_run):
 
 
 def test_share_offline_saves_the_spec_and_says_what_to_run(wandb_offline_run):
-    result = run_cli(
-        [PYTHON, "-m", "launch.cli", "share", wandb_offline_run], env={"WANDB_MODE": "offline"}, check=False
-    )
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    result = invoke("share", wandb_offline_run, env={"WANDB_MODE": "offline"})
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
     (run,) = wandb_runs(wandb_offline_run)
     assert f"wandb sync {run.folder}" in result.stderr and f"gpt-launch share {wandb_offline_run}" in result.stderr
     saved = json.loads((wandb_offline_run / SPEC_NAME).read_text())
@@ -68,5 +66,5 @@ def test_share_without_network_fails_fast_and_keeps_the_key_secret(wandb_offline
 
 def test_share_needs_a_wandb_run(wandb_offline_run, tmp_path):
     shutil.copy(wandb_offline_run / "summary.json", tmp_path / "summary.json")
-    result = run_cli([PYTHON, "-m", "launch.cli", "share", tmp_path], check=False)
-    assert result.returncode == 2 and "has no W&B run" in result.stderr and "--tracker wandb" in result.stderr
+    result = invoke("share", tmp_path)
+    assert result.exit_code == 2 and "has no W&B run" in result.stderr and "--tracker wandb" in result.stderr

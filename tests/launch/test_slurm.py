@@ -17,6 +17,7 @@ from tests.helpers import REPO, child_env, launch_two, losses, run_cli, tiny_run
 SCRIPT = REPO / "launch" / "slurm" / "train.sbatch"
 
 
+@pytest.mark.slow
 def test_the_script_builds_one_launcher_per_node_with_c10d_rendezvous_and_resume():
     env = {
         "GPT_LAUNCH_DRY_RUN": "1",

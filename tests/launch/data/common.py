@@ -6,7 +6,8 @@ import json
 import pandas as pd
 
 from gpt_core import get_tokenizer
-from launch.data import DataConfig, prepare_data
+from launch.config import DataConfig
+from launch.data.prepare import prepare_data
 from tests.helpers import make_stories, write_jsonl
 
 STORIES = make_stories(60)

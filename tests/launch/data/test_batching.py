@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from gpt_core import EOT_ID, IGNORE_INDEX
-from launch.data import EpochShuffleSampler, PackedDataset, PaddedDataset, TokenSplit, make_dataloader
+from launch.data.batching import EpochShuffleSampler, PackedDataset, PaddedDataset, make_dataloader
+from launch.data.splits import TokenSplit
 from launch.errors import UserError
 from tests.helpers import write_jsonl
 

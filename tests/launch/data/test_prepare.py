@@ -8,85 +8,12 @@ import time
 import numpy as np
 import pytest
 
-from gpt_core import EOT_ID, get_tokenizer
-from launch.data import (
-    SMOKE_DATA,
-    Chunk,
-    DataConfig,
-    concat_splits,
-    prepare,
-    prepare_data,
-    sources,
-    tokenize_chunk,
-    tokenize_stories,
-)
-from launch.data.prepare import DigestSet, split_stories
+from launch.config import SMOKE_DATA, DataConfig
+from launch.data.prepare import prepare_data
 from launch.errors import UserError
 from tests.helpers import PYTHON, make_stories, write_jsonl
 
-from .common import STORIES, all_text, prepared, story_texts
-
-
-def test_cleaning_keeps_text_as_written_and_says_why_it_drops():
-    chunk = tokenize_chunk(
-        Chunk("x", texts=['  Tom said, "don\'t!"  ', "", "   ", "tiny", None, 'Tom said, "don\'t!"']), 10
-    )
-    assert chunk.codes.tolist() == [0, prepare.EMPTY, prepare.EMPTY, prepare.SHORT, prepare.NOT_TEXT, 0]
-    assert get_tokenizer().decode(chunk.tokens[: chunk.lengths[0] - 1]) == 'Tom said, "don\'t!"'
-    assert chunk.digests[0] == chunk.digests[1]  # the same story after trimming: the duplicate is dropped later
-
-
-def test_digest_set_finds_duplicates_within_and_across_batches():
-    digests = np.frombuffer(
-        b"".join(hashlib.blake2b(str(i).encode(), digest_size=16).digest() for i in range(3000)), dtype="V16"
-    )
-    seen = DigestSet()
-    firsts = [seen.add_new(digests[a : a + 100]) for a in range(0, 2000, 100)]  # 20 batches, merged into runs
-    assert all(f.all() for f in firsts) and len(seen.runs) < 20
-    again = seen.add_new(np.concatenate([digests[1990:2010], digests[2005:2006]]))
-    assert again.tolist() == [False] * 10 + [True] * 10 + [False]  # seen before, new, repeated within the batch
-
-
-def test_tokens_are_uint16_with_end_of_text_after_each_story():
-    tokens, offsets = tokenize_stories(["Once upon a time", "The end."])
-    assert tokens.dtype == np.uint16
-    assert tokens.tolist() == [7454, 2402, 257, 640, EOT_ID] + get_tokenizer().encode("The end.") + [EOT_ID]
-    assert offsets.tolist() == [0, 5, len(tokens)]
-
-
-def test_paper_split_is_first_stories_in_order_70_20_10(tmp_path, cache_dir):
-    texts = all_text(prepared(write_jsonl(tmp_path / "s.jsonl", STORIES), cache_dir, max_samples=50))
-    assert texts["train"] == STORIES[:35] and texts["validation"] == STORIES[35:45] and texts["test"] == STORIES[45:50]
-
-
-@pytest.mark.parametrize("mode", ["paper", "shuffle"])
-def test_splits_are_disjoint_deterministic_and_cut_as_the_whole_list_would_be(tmp_path, mode):
-    source = write_jsonl(tmp_path / "s.jsonl", STORIES + STORIES[:5])  # duplicates must not leak across splits
-    a = all_text(prepared(source, str(tmp_path / "c1"), split_mode=mode))
-    b = all_text(prepared(source, str(tmp_path / "c2"), split_mode=mode))
-    assert a == b
-    sets = [set(a[s]) for s in ("train", "validation", "test")]
-    assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
-    assert a == split_stories(STORIES, DataConfig(split_mode=mode), 1234)
-
-
-def test_shuffle_depends_on_seed(tmp_path, cache_dir):
-    source = write_jsonl(tmp_path / "s.jsonl", STORIES)
-    a = all_text(prepared(source, cache_dir, split_mode="shuffle", seed=1))
-    b = all_text(prepared(source, cache_dir, split_mode="shuffle", seed=2))
-    assert a["train"] != b["train"] and a["train"] != STORIES[:42]
-    # the seed decides only the shuffled split: the ordered one is the same cache whatever the seed
-    assert prepared(source, cache_dir, seed=1).cache_dir == prepared(source, cache_dir, seed=2).cache_dir
-
-
-def test_source_mode_uses_the_heldout_files(tmp_path, cache_dir):
-    train = write_jsonl(tmp_path / "train.jsonl", STORIES[:40])
-    held = write_jsonl(tmp_path / "valid.jsonl", STORIES[38:60] + STORIES[50:51])  # 2 in train, 1 repeated
-    data = prepared(train, cache_dir, split_mode="source", heldout_source=str(held))
-    texts = all_text(data)
-    assert texts["train"] == STORIES[:40]
-    assert texts["validation"] + texts["test"] == STORIES[40:60]
-    assert data.meta["dropped"] == {"held-out story also in train": 2, "held-out exact duplicate": 1}
+from .common import STORIES, all_text, prepared
 
 
 def test_cache_hit_then_miss_on_change(tmp_path, cache_dir):
@@ -108,19 +35,6 @@ def test_cache_hit_then_miss_on_change(tmp_path, cache_dir):
     assert all(len(p.name) == 20 and p.is_dir() for p in changed.cache_dir.parent.iterdir())
 
 
-def test_worker_processes_give_the_same_cache_as_one_process(tmp_path, monkeypatch):
-    monkeypatch.setattr(prepare, "POOL_MIN_BYTES", 0)
-    monkeypatch.setattr(sources, "CHUNK_STORIES", 50)  # several chunks in flight, returned in order
-    source = write_jsonl(tmp_path / "s.jsonl", make_stories(600) + make_stories(30))
-    one = prepared(source, str(tmp_path / "a"), workers=1, split_mode="shuffle")
-    two = prepared(source, str(tmp_path / "b"), workers=2, split_mode="shuffle")
-    assert (one.meta["workers"], two.meta["workers"]) == (1, 2)
-    assert one.meta["dropped"] == two.meta["dropped"] == {"exact duplicate": 30}
-    for name in one.splits:
-        assert np.array_equal(one.splits[name].tokens, two.splits[name].tokens)
-        assert np.array_equal(one.splits[name].offsets, two.splits[name].offsets)
-
-
 def test_smoke_data_ships_with_the_package(cache_dir):
     p = prepared(SMOKE_DATA, cache_dir)
     assert all(split.num_stories > 0 for split in p.splits.values())
@@ -129,13 +43,6 @@ def test_smoke_data_ships_with_the_package(cache_dir):
 def test_all_stories_dropped(tmp_path, cache_dir):
     with pytest.raises(UserError, match=r"split is empty .*dropped\); give --data more stories"):
         prepared(write_jsonl(tmp_path / "s.jsonl", ["hi", "", "ok"]), cache_dir)
-
-
-def test_concat_splits_keeps_every_story_boundary(tmp_path, cache_dir):
-    p = prepared(write_jsonl(tmp_path / "s.jsonl", STORIES), cache_dir)
-    whole = concat_splits(p.splits.values())
-    assert whole.num_stories == 60
-    assert story_texts(whole) == STORIES
 
 
 # ---- the real stories ---------------------------------------------------------------------------
@@ -223,6 +130,7 @@ def prepare_command(source, cache, *extra):
     ]
 
 
+@pytest.mark.slow
 def test_a_killed_build_is_never_read_as_complete_and_the_next_one_starts_clean(tmp_path):
     source, cache = big_source(tmp_path), tmp_path / "cache"
     proc = subprocess.Popen(prepare_command(source, cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -244,6 +152,7 @@ def test_a_killed_build_is_never_read_as_complete_and_the_next_one_starts_clean(
     assert "cache verified, 150,000 stories" in again.stdout
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_the_build_with_one_line_and_leaves_nothing(tmp_path):
     source, cache = big_source(tmp_path, 20_000), tmp_path / "cache"
 
@@ -260,6 +169,7 @@ def test_a_full_disk_stops_the_build_with_one_line_and_leaves_nothing(tmp_path):
     assert [p.name for p in (cache / "tokens").iterdir() if not p.name.endswith(".lock")] == []
 
 
+@pytest.mark.slow
 def test_processes_share_one_build_and_the_waiting_one_says_what_it_waits_for(tmp_path):
     source, cache = big_source(tmp_path), tmp_path / "cache"
     procs = [

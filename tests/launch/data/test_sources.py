@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from launch.data import Source, sources
+from launch.data import sources
+from launch.data.sources import Source
 from launch.errors import UserError
 from tests.helpers import REPO, write_jsonl
 
@@ -79,7 +80,8 @@ def test_stories_that_are_not_text_are_dropped_with_the_reason(tmp_path, cache_d
 # ---- the hub, from datasets' own offline cache --------------------------------------------------
 HUB_CODE = """
 import json, sys, time
-from launch.data import DataConfig, prepare_data
+from launch.config import DataConfig
+from launch.data.prepare import prepare_data
 cfg = DataConfig(source="tests/tiny-stories", cache_dir=sys.argv[1], max_samples=None)
 start = time.perf_counter()
 p = prepare_data(cfg, log=lambda m: print(m, file=sys.stderr))
@@ -107,6 +109,7 @@ def make_hub_cache(root, stories):
     return root / "hf"
 
 
+@pytest.mark.slow
 def test_hub_source_offline_from_the_datasets_cache_and_cheap_cache_key(tmp_path):
     hf_cache = make_hub_cache(tmp_path, STORIES)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(hf_cache), "HF_HOME": str(tmp_path / "home")}
@@ -134,9 +137,11 @@ def test_hub_source_offline_from_the_datasets_cache_and_cheap_cache_key(tmp_path
     assert second["from_cache"] and second["stories"] == first["stories"]
 
 
+@pytest.mark.slow
 def test_unreachable_hub_fails_at_once_with_the_fix(tmp_path):
     code = (
-        "from launch.data import DataConfig, prepare_data\n"
+        "from launch.config import DataConfig\n"
+        "from launch.data.prepare import prepare_data\n"
         f"prepare_data(DataConfig(source='roneneldan/TinyStories', cache_dir={str(tmp_path)!r}))\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
@@ -148,7 +153,7 @@ def test_unreachable_hub_fails_at_once_with_the_fix(tmp_path):
 
 # ---- bad input -------------------------------------------------------------------------------
 def test_missing_path(cache_dir):
-    with pytest.raises(UserError, match="data path ./nope/stories.jsonl does not exist"):
+    with pytest.raises(UserError, match=r"data path \./nope/stories\.jsonl does not exist"):
         prepared("./nope/stories.jsonl", cache_dir)
 
 

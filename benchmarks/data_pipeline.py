@@ -1,20 +1,22 @@
-"""Data preparation at scale: a synthetic TinyStories-sized corpus, and three ways to prepare it.
+"""Data preparation at scale (a repository benchmark: it reads ../shared and the git history, so it
+is not part of the installed package): a synthetic TinyStories-sized corpus, and three ways to prepare it.
 
-    python -m launch.bench.data corpus /scratch/corpus-1m --stories 1000000
-    python -m launch.bench.data run /scratch/corpus-1m --workers 2
+    python -m benchmarks.data_pipeline corpus /scratch/corpus-1m --stories 1000000
+    python -m benchmarks.data_pipeline run /scratch/corpus-1m --workers 2
 
 `corpus` writes stories that are new mixes of real sentences from the shared TinyStories files (each
 one takes a real story's sentence count, then draws that many sentences from the whole pool), so
 token statistics stay those of real stories. It is never written into the repository.
 
 `run` prepares the corpus cold, each way in its own process, side by side:
-  streaming   this package (`launch.data`), `--workers` tokenizer processes;
+  streaming   the product (`launch.data`), `--workers` tokenizer processes;
   in-memory   the pipeline it replaced, read from git (`launch/data.py` at --reference-commit):
               every story in one process, tokenized from Python lists;
   hf-map      nanoGPT's recipe: `datasets.load_dataset` + `.map(encode_ordinary_batch,
               num_proc=--workers)` + one memmap, as a yardstick;
 and reports wall time, peak memory of the whole process tree (sampled every 0.25 s: RSS summed, an
-upper bound that counts shared pages once per process, and PSS summed), the cache left on disk, a cached launch, and the tokens/s the
+upper bound that counts shared pages once per process, and PSS summed), the cache left on disk, a
+cached launch, and the tokens/s the
 loader serves at micro-batch 4 and 64 (ours against the in-memory version's row-by-row loader).
 """
 
@@ -36,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "tinystories"
 SENTENCE_END = re.compile(r"(?<=[.!?\"])\s+")
 
@@ -78,7 +80,8 @@ def write_corpus(out: Path, stories: int, source: Path, seed: int = 0, per_file:
 # ---------------------------------------------------------------------------------------------
 STREAMING = """
 import json, sys, time
-from launch.data import DataConfig, prepare_data
+from launch.config import DataConfig
+from launch.data.prepare import prepare_data
 corpus, cache, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
 start = time.perf_counter()
 p = prepare_data(DataConfig(source=corpus, max_samples=None, cache_dir=cache, workers=workers), log=lambda m: None)
@@ -87,8 +90,12 @@ print(json.dumps({"seconds": time.perf_counter() - start, "from_cache": p.from_c
 """
 
 IN_MEMORY = """
-import json, sys, time
+import json, os, sys, time
 sys.path.insert(0, sys.argv[4])
+from gpt_core.tokenizer import Tokenizer
+# the reference calls Tokenizer.encode_batch, which gpt_core has since dropped: the same call, restored here
+Tokenizer.encode_batch = lambda self, texts, num_threads=None: self.encoding.encode_ordinary_batch(
+    texts, num_threads=num_threads or os.cpu_count() or 1)
 from reference_launch.data import DataConfig, prepare_data
 corpus, cache = sys.argv[1], sys.argv[2]
 start = time.perf_counter()
@@ -132,7 +139,7 @@ import json, sys, time
 import numpy as np
 sys.path.insert(0, sys.argv[3])
 import reference_launch.data as before
-import launch.data as now
+import launch.data.batching as now
 cache, batch, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[4])
 tokens = np.load(cache + "/train.tokens.npy", mmap_mode="r")
 offsets = np.load(cache + "/train.offsets.npy", mmap_mode="r")
@@ -258,7 +265,8 @@ def run(
             row["disk_mb"] = disk_mb(Path(args[1]))
             result["prepare"][name] = row
             print(
-                f"bench:   {row['wall_s']:.0f} s, peak RSS {row['peak_rss_mb']:,.0f} MB, PSS {row['peak_pss_mb']:,.0f} MB",
+                f"bench:   {row['wall_s']:.0f} s, peak RSS {row['peak_rss_mb']:,.0f} MB, "
+                f"PSS {row['peak_pss_mb']:,.0f} MB",
                 flush=True,
             )
         ours = result["prepare"]["streaming"]

@@ -1,10 +1,13 @@
+"""benchmarks/data_pipeline.py: the synthetic corpus and the side-by-side preparation."""
+
 import json
 import re
 
 import numpy as np
+import pytest
 
+from benchmarks import data_pipeline as bench_data
 from gpt_core import get_tokenizer
-from launch.bench import data as bench_data
 from tests.helpers import REPO
 
 
@@ -24,10 +27,9 @@ def test_corpus_stories_are_new_mixes_of_real_sentences_of_real_length(shared_ti
     assert 0.75 < mean / np.mean([len(tok.encode(s)) for s in real[:1000]]) < 1.33  # ~204 tokens a story
 
 
+@pytest.mark.slow
 def test_run_compares_the_streaming_cache_with_the_in_memory_pipeline_from_git(shared_tinystories, tmp_path):
     if not (REPO / ".git").exists():
-        import pytest
-
         pytest.skip("the in-memory reference is read from git history")
     bench_data.write_corpus(tmp_path / "corpus", 3000, shared_tinystories)
     result = bench_data.run(

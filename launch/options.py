@@ -1,0 +1,60 @@
+"""The command line's options, generated from the config fields: each option is defined once, in
+launch/config.py, with its type, default, help and bounds."""
+
+from __future__ import annotations
+
+import types
+import typing
+
+import click
+
+from .config import TrainConfig, choices_of, flag_of, get_path, leaf_fields
+
+
+def _without_none(annotation):
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    optional = typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1
+    return args[0] if optional else annotation
+
+
+def _click_option(dotted: str, f, annotation, default, show_default: bool):
+    kwargs = {"help": f.metadata["help"], "default": default, "show_default": show_default and default is not None}
+    base, choices = _without_none(annotation), choices_of(annotation)
+    if base is bool:
+        kwargs["is_flag"] = True
+    elif choices:
+        kwargs["type"] = click.Choice(choices)
+    elif typing.get_origin(base) is tuple:
+        args = typing.get_args(base)
+        if args[-1] is Ellipsis:
+            kwargs.update(multiple=True, type=args[0])
+        else:
+            kwargs.update(nargs=len(args), type=args[0])
+    else:
+        kwargs["type"] = base
+    return click.option(flag_of(f), dotted.replace(".", "__"), **kwargs)
+
+
+def config_options(defaults: TrainConfig, only: tuple[str, ...] | None = None, show_default: bool = True):
+    """click options for the config fields (all, or those whose dotted name starts with one of `only`)."""
+    options = [
+        _click_option(dotted, f, annotation, get_path(defaults, dotted), show_default)
+        for dotted, f, annotation in leaf_fields()
+        if only is None or dotted.startswith(only)
+    ]
+
+    def decorate(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+def given_options(ctx: click.Context, params: dict) -> dict:
+    """{"data.source": value, ...} for the config options typed on the command line, and only those."""
+    return {
+        name.replace("__", "."): value
+        for name, value in params.items()
+        if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
+    }

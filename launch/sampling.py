@@ -1,0 +1,82 @@
+"""Stories from a trained model: the samples at a run's end, and `gpt-launch generate`, which
+streams them token by token."""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass
+
+import click
+
+from gpt_core import GenerationError, generate, generate_stream, get_tokenizer, load_pretrained
+from gpt_core.generation import check_generation_args
+
+from .checkpoint import resolve_weights
+from .errors import UserError
+from .runtime import resolve_device
+
+
+def sample_stories(model, prompts: tuple[str, ...], max_tokens: int, seed: int) -> list[dict]:
+    """One story per prompt, seeded by `seed` + its index, as a run's summary records them."""
+    tokenizer = get_tokenizer()
+    samples = []
+    for i, prompt in enumerate(prompts):
+        ids = generate(model, tokenizer.encode(prompt), max_tokens, seed=seed + i)
+        samples.append({"prompt": prompt, "text": tokenizer.decode([t for t in ids if t != tokenizer.eot_id])})
+    return samples
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_tokens: int = 300
+    temperature: float = 1.0
+    top_k: int = 40  # 0: no limit
+    top_p: float = 0.95
+    greedy: bool = False
+    seed: int | None = None
+    num_samples: int = 1
+
+
+def generate_command(checkpoint: str | None, prompt: str, sampling: Sampling, interactive: bool, device: str) -> None:
+    """`gpt-launch generate`: stream `sampling.num_samples` stories for `prompt`, or for each prompt
+    typed in an interactive session (an empty line or Ctrl-D ends it)."""
+    for flag, value in (("--max-tokens", sampling.max_tokens), ("--num-samples", sampling.num_samples)):
+        if value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
+    folder = resolve_weights(checkpoint)
+    model = load_pretrained(folder, map_location=resolve_device(device)).eval()
+    click.echo(f"model: {folder} ({model.num_params():,} parameters)", err=True)
+    if not interactive:
+        stream_stories(model, prompt, sampling)
+        return
+    while True:
+        try:
+            text = input("prompt> ")
+        except EOFError:
+            break
+        if not text.strip():
+            break
+        try:
+            stream_stories(model, text, sampling)
+        except (UserError, GenerationError) as e:  # a bad prompt should not end the session
+            click.echo(f"error: {e}", err=True)
+
+
+def stream_stories(model, text: str, s: Sampling) -> None:
+    tokenizer = get_tokenizer()
+    ids = tokenizer.encode(text)
+    # Checked before the prompt is echoed, so an error is a line of its own.
+    check_generation_args(
+        ids, s.max_tokens, s.temperature, s.top_k or None, s.top_p, s.greedy, model.config.context_length
+    )
+    for n in range(s.num_samples):
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        click.echo(text, nl=False)
+        seed = None if s.seed is None else s.seed + n
+        options = {"temperature": s.temperature, "top_k": s.top_k or None, "top_p": s.top_p, "greedy": s.greedy}
+        for token in generate_stream(model, ids, s.max_tokens, seed=seed, **options):
+            if token != tokenizer.eot_id:
+                click.echo(decoder.decode(tokenizer.decode_bytes([token])), nl=False)
+        click.echo(decoder.decode(b"", final=True))
+        if n + 1 < s.num_samples:
+            click.echo("---")
