@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from gpt_core import IGNORE_INDEX, GPTConfig
 from gpt_core.model import sinusoidal_positions
-from launch.bench.measure import BUILT_IN, Implementation, plain_adamw
+from launch.bench.measure import BUILT_IN, GRAD_CLIP, Implementation, plain_adamw
 from launch.bench.run import BenchSettings, format_table, run_bench
 
 IMPLEMENTATIONS = {"ours": BUILT_IN["ours"], "paper": "benchmarks.paper_recipe:PAPER", "hf_gpt2": BUILT_IN["hf_gpt2"]}
@@ -79,7 +79,7 @@ class PaperGPT(nn.Module):
         return self.head(x)
 
 
-def paper_step(model, optimizer, micro_batches, precision, clip=1.0):
+def paper_step(model, optimizer, micro_batches, precision, clip=GRAD_CLIP):
     """One optimizer step the paper's way: loss and accuracy read back after every micro-batch."""
     with precision.autocast():
         for x, y in micro_batches:

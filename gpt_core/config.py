@@ -107,6 +107,8 @@ class GPTConfig:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"model config {path} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"model config {path} is a folder; pass its config.json (a JSON file)") from None
         except json.JSONDecodeError as e:
             raise ConfigError(f"model config {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
         if not isinstance(data, dict):

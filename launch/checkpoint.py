@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import signal
 from pathlib import Path
 
 from safetensors.torch import load_file
@@ -28,6 +27,7 @@ from gpt_core import CheckpointError, GPTConfig, save_state_dict
 from gpt_core.weights import CONFIG_NAME, WEIGHTS_NAME
 
 from .errors import UserError, is_disk_full
+from .runtime import fault_point
 
 STATE_NAME = "trainer_state.json"
 STEP_DIR = re.compile(r"step-(\d+)")
@@ -135,8 +135,7 @@ def save_checkpoint(accelerator, model, config: GPTConfig, run_dir: Path, traine
         accelerator.save_state(str(tmp / "state"), safe_serialization=True)
         if accelerator.is_main_process:
             save_state_dict(state_dict, config, tmp)
-            if os.environ.get("GPT_LAUNCH_FAULT") == "kill-while-saving":  # fault injection, for the tests only
-                os.kill(os.getpid(), signal.SIGKILL)
+            fault_point("kill-while-saving")
             _write_json(tmp / STATE_NAME, trainer_state)
             _fsync_tree(tmp)
     except Exception as e:
@@ -209,13 +208,18 @@ def read_trainer_state(path: Path) -> dict:
         return {}
 
 
-def read_checkpoint(path: Path, config: GPTConfig) -> dict:
-    """The trainer state of a resumable checkpoint, after checking it fits the model being trained."""
+def check_resumable(path: Path) -> None:
+    """A step checkpoint's files are all there (whether they load is read_checkpoint's to say)."""
     for needed in (STATE_NAME, CONFIG_NAME, "state"):
         if not (path / needed).exists():
             raise UserError(
                 f"{path} is not a resumable checkpoint ({needed} is missing); pass a checkpoints/step-N folder"
             )
+
+
+def read_checkpoint(path: Path, config: GPTConfig) -> dict:
+    """The trainer state of a resumable checkpoint, after checking it fits the model being trained."""
+    check_resumable(path)
     try:
         saved = GPTConfig.load(path / CONFIG_NAME)
         state = json.loads((path / STATE_NAME).read_text())

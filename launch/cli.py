@@ -36,6 +36,13 @@ def user_errors_exit(fn):
         except TrainingInterrupted as e:
             click.echo(f"{rank_prefix()}{e}", err=True)
             sys.exit(e.exit_code)
+        except MemoryError:  # e.g. rows of a context far past this machine's memory
+            click.echo(
+                f"{rank_prefix()}error: out of memory; lower --batch-size, or the model's context_length "
+                "or size (--preset, --model-config)",
+                err=True,
+            )
+            sys.exit(2)
         except KeyboardInterrupt:  # a second Ctrl-C: stop now, without saving
             click.echo(
                 f"{rank_prefix()}interrupted twice: stopped at once without saving; "

@@ -24,7 +24,7 @@ from typing import Literal
 
 from gpt_core import GPTConfig, get_preset
 
-from .errors import UserError
+from .errors import UserError, is_disk_full
 
 PAPER_PROMPTS = ("Once upon a time", "The little girl", "In a magical forest", "The brave knight")
 SMOKE_DATA = Path(__file__).parent / "data_files" / "smoke_stories.jsonl"
@@ -37,9 +37,18 @@ def default_batch_size(device_type: str) -> int:
     return 4 if device_type == "cuda" else 2
 
 
-def setting(default=None, help="", *, flag=None, on_resume="warn", at_least=None, above=None, factory=None):
+def setting(
+    default=None, help="", *, flag=None, on_resume="warn", at_least=None, above=None, at_most=None, factory=None
+):
     """A dataclass field carrying its CLI flag, help text, resume policy and bounds."""
-    meta = {"help": help, "flag": flag, "on_resume": on_resume, "at_least": at_least, "above": above}
+    meta = {
+        "help": help,
+        "flag": flag,
+        "on_resume": on_resume,
+        "at_least": at_least,
+        "above": above,
+        "at_most": at_most,
+    }
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -73,6 +82,8 @@ def check_fields(config) -> None:
             raise UserError(f"{flag} must be >= {f.metadata['at_least']}, got {value}")
         if f.metadata.get("above") is not None and not value > f.metadata["above"]:
             raise UserError(f"{flag} must be > {f.metadata['above']}, got {value}")
+        if f.metadata.get("at_most") is not None and value > f.metadata["at_most"]:
+            raise UserError(f"{flag} must be <= {f.metadata['at_most']:,}, got {value:,}")
 
 
 @dataclass(frozen=True)
@@ -210,6 +221,11 @@ class TrainConfig:
         "On --resume, accept changes to settings that break exact continuation (data, model, batch, seed).",
         on_resume="session",
     )
+    overwrite: bool = setting(
+        False,
+        "Start a new run in an --output-dir that already holds one: its checkpoints, logs and summary are deleted.",
+        on_resume="session",
+    )
     # ---- tracking ----
     tracker: Literal["none", "wandb", "tensorboard"] = setting(
         "none", "wandb (honours WANDB_MODE=offline) or tensorboard; metrics.jsonl is always written.", on_resume="free"
@@ -221,7 +237,11 @@ class TrainConfig:
     log_checkpoint: bool = setting(False, "Upload the best checkpoint to W&B as an artifact.", on_resume="free")
     # ---- the rest ----
     seed: int = setting(
-        1234, "The one seed: weights, the shuffled split, batch order, dropout and samples.", on_resume="fixed"
+        1234,
+        "The one seed: weights, the shuffled split, batch order, dropout and samples.",
+        on_resume="fixed",
+        at_least=0,
+        at_most=2**32 - 1,  # what numpy's and Accelerate's seeding accept
     )
     mixed_precision: Literal["no", "fp16", "bf16"] | None = setting(
         None, "Override the Accelerate config's precision [default: as launched; fp32 on CPU]."
@@ -232,6 +252,7 @@ class TrainConfig:
         "Seconds a process waits for the others in one collective (gradient all-reduce, barrier, the first "
         "data build) before it gives up with an error naming its rank; a hung peer then ends the run instead of "
         "hanging it.",
+        at_most=365 * 24 * 3600,  # a year: longer overflows the process group's timer
         on_resume="free",
         above=0,
     )
@@ -245,7 +266,26 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if not all(0 <= beta < 1 for beta in self.betas):
+            raise UserError(
+                f"--betas must be two numbers in [0, 1), got {' '.join(map(str, self.betas))}; e.g. 0.9 0.95"
+            )
+        if not self.output_dir.strip():
+            raise UserError("--output-dir is empty; name the run's folder, e.g. --output-dir runs/mine")
         self.model_config()  # an unknown preset or an impossible model fails here, before any work
+
+    def check_prompts(self) -> None:
+        """Each sample prompt fits the model: checked before any work, since sampling comes last."""
+        from gpt_core import get_tokenizer
+        from gpt_core.generation import check_generation_args
+
+        context = self.model_config().context_length
+        for prompt in self.prompts:
+            try:
+                ids = get_tokenizer().encode(prompt)
+                check_generation_args(ids, self.sample_tokens, 1.0, None, None, False, context)
+            except ValueError as e:
+                raise UserError(f"--prompt {prompt!r}: {e}") from None
 
     def model_config(self) -> GPTConfig:
         overrides = {k: v for k, v in (("norm", self.norm), ("dropout", self.dropout)) if v is not None}
@@ -269,7 +309,16 @@ class TrainConfig:
         return cls(**values)
 
     def save(self, run_dir: Path) -> None:
-        (Path(run_dir) / RUN_CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write RUN/train_config.json atomically: whole, or (a full disk) not at all and one line."""
+        path = Path(run_dir) / RUN_CONFIG_NAME
+        tmp = path.with_suffix(".json.tmp")
+        try:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            why = "no space left: the disk, quota or file-size limit is full" if is_disk_full(e) else e.strerror
+            raise UserError(f"could not write {path} ({why}); free space under {run_dir} and start again") from None
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
@@ -337,21 +386,3 @@ def replace_paths(config, changes: dict):
     for head, sub in nested.items():
         top[head] = replace_paths(getattr(config, head), sub)
     return dataclasses.replace(config, **top) if top else config
-
-
-def for_next_session(saved: TrainConfig, defaults: TrainConfig) -> TrainConfig:
-    """A run's saved settings, with the ones that belong to a single session back at their defaults."""
-    return replace_paths(
-        saved,
-        {dotted: get_path(defaults, dotted) for dotted, f, _ in leaf_fields() if f.metadata["on_resume"] == "session"},
-    )
-
-
-def resume_changes(saved: TrainConfig, now: TrainConfig) -> dict[str, list[str]]:
-    """What differs between a run's saved settings and these, grouped by resume policy."""
-    grouped: dict[str, list[str]] = {"fixed": [], "warn": [], "free": [], "session": []}
-    for dotted, f, _ in leaf_fields():
-        before, after = get_path(saved, dotted), get_path(now, dotted)
-        if before != after:
-            grouped[f.metadata["on_resume"]].append(f"{flag_of(f)} {before!r} -> {after!r}")
-    return grouped

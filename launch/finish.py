@@ -13,7 +13,7 @@ from gpt_core import load_pretrained
 from . import checkpoint as ckpt
 from .evaluate import evaluate
 from .report import plot_curves
-from .runtime import device_name
+from .runtime import device_name, fault_point
 from .sampling import sample_stories
 from .summary import RunSummary
 from .tracking import read_metrics, scrub
@@ -25,6 +25,7 @@ def test_and_summarise(run, reason: str) -> dict:
     best_dir = ckpt.find_best(run.run_dir)
     # A plain gpt_core model from the best safetensors: the same path under DDP, ZeRO-2 and ZeRO-3.
     best = load_pretrained(best_dir).to(acc.device)
+    fault_point("kill-during-test")
     test = evaluate(best, run.loaders["test"], acc, run.cfg.test_batches, desc="test")
     capped = f", first {run.cfg.test_batches} batches per process" if run.cfg.test_batches else ""
     run.say(

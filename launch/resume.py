@@ -1,14 +1,41 @@
 """Where a session of a run starts: the settings (a run remembers its own), the checkpoint it
-continues from, and whether those settings still allow an exact continuation."""
+continues from, whether those settings still allow an exact continuation, and a folder that already
+holds a run, which only --resume or an explicit --overwrite may use."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import checkpoint as ckpt
-from .config import TrainConfig, for_next_session, replace_paths, resume_changes, saved_run_config, smoke_config
+from .config import (
+    RUN_CONFIG_NAME,
+    TrainConfig,
+    flag_of,
+    get_path,
+    leaf_fields,
+    replace_paths,
+    saved_run_config,
+    smoke_config,
+)
 from .errors import UserError
+from .summary import SUMMARY_NAME
+from .tracking import METRICS_NAME
+
+# What a run writes into its folder: what makes a folder "hold a run", and what --overwrite deletes.
+RUN_ARTEFACTS = (
+    RUN_CONFIG_NAME,
+    METRICS_NAME,
+    SUMMARY_NAME,
+    "checkpoints",
+    "curves.png",
+    "report.html",
+    "report.md",
+    "wandb",
+    "wandb_report.json",
+)
 
 
 def session_config(defaults: TrainConfig, given: dict, smoke: bool = False) -> TrainConfig:
@@ -29,27 +56,60 @@ def session_config(defaults: TrainConfig, given: dict, smoke: bool = False) -> T
 @dataclass(frozen=True)
 class StartingPoint:
     checkpoint: Path | None  # None: from scratch
-    finished: str | None = None  # why the run already ended, when it has: nothing to train
+    finished: str | None = None  # why the run already ended, when it has
+    end_only: bool = False  # finished, but its end (test, samples, summary) was cut short: redo only that
 
 
 def starting_point(cfg: TrainConfig, log=print) -> StartingPoint:
     """The checkpoint this session continues from (--resume), after checking the settings against
     the run's saved ones; logs (on every process) when --resume auto finds nothing yet, or finds the
-    run complete."""
-    resume_from = ckpt.resolve_resume(cfg.resume, Path(cfg.output_dir)) if cfg.resume else None
-    if cfg.resume == "auto" and resume_from is None:
-        log(f"resume: no checkpoint under {ckpt.checkpoints_dir(Path(cfg.output_dir))} yet, starting from scratch")
-    if resume_from is None:
+    run complete. Everything here is checked before any data work."""
+    run_dir = Path(cfg.output_dir)
+    if not cfg.resume:
+        _claim_folder(run_dir, cfg)
         return StartingPoint(None)
+    resume_from = ckpt.resolve_resume(cfg.resume, run_dir)
+    if resume_from is None:
+        log(f"resume: no checkpoint under {ckpt.checkpoints_dir(run_dir)} yet, starting from scratch")
+        return StartingPoint(None)
+    ckpt.check_resumable(resume_from)
     finished = ckpt.read_trainer_state(resume_from).get("finished")
-    if finished:
+    if finished and (ckpt.run_dir_of(resume_from) / SUMMARY_NAME).is_file():
         log(
             f"resume: the run in {cfg.output_dir} is complete ({finished}, {resume_from.name}); nothing to do. "
             "Its results are in summary.json; to train again, use a new --output-dir"
         )
         return StartingPoint(resume_from, finished)
     check_resume(cfg, resume_from, log)
-    return StartingPoint(resume_from)
+    if finished:
+        log(
+            f"resume: the run finished ({finished}) but was stopped before its summary was written: "
+            f"testing checkpoints/best again, with the samples, curves and summary.json"
+        )
+    return StartingPoint(resume_from, finished, end_only=bool(finished))
+
+
+def holds_run(run_dir: Path) -> bool:
+    return run_dir.is_dir() and any((run_dir / name).exists() for name in RUN_ARTEFACTS)
+
+
+def _claim_folder(run_dir: Path, cfg: TrainConfig) -> None:
+    """A new run never mixes with an old one: refused in a folder that holds a run, unless told to
+    --overwrite it (then the first process deletes the old run's files, and nothing else there)."""
+    if not holds_run(run_dir):
+        return
+    if not cfg.overwrite:
+        raise UserError(
+            f"{run_dir} already holds a run; continue it with --resume auto --output-dir {run_dir}, start a "
+            "new one with another --output-dir, or add --overwrite to delete it and start again"
+        )
+    if os.environ.get("RANK", "0") == "0":
+        for name in (*RUN_ARTEFACTS, cfg.project):  # the TensorBoard logs go in a folder named after the project
+            path = run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
 
 
 def check_resume(cfg: TrainConfig, resume_from: Path, log=print) -> None:
@@ -66,3 +126,21 @@ def check_resume(cfg: TrainConfig, resume_from: Path, log=print) -> None:
         )
     for change in changes["fixed"] + changes["warn"]:
         log(f"resume: warning: {change}; the run continues with the new value")
+
+
+def for_next_session(saved: TrainConfig, defaults: TrainConfig) -> TrainConfig:
+    """A run's saved settings, with the ones that belong to a single session back at their defaults."""
+    return replace_paths(
+        saved,
+        {dotted: get_path(defaults, dotted) for dotted, f, _ in leaf_fields() if f.metadata["on_resume"] == "session"},
+    )
+
+
+def resume_changes(saved: TrainConfig, now: TrainConfig) -> dict[str, list[str]]:
+    """What differs between a run's saved settings and these, grouped by resume policy."""
+    grouped: dict[str, list[str]] = {"fixed": [], "warn": [], "free": [], "session": []}
+    for dotted, f, _ in leaf_fields():
+        before, after = get_path(saved, dotted), get_path(now, dotted)
+        if before != after:
+            grouped[f.metadata["on_resume"]].append(f"{flag_of(f)} {before!r} -> {after!r}")
+    return grouped

@@ -94,6 +94,14 @@ def follow_launcher() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def fault_point(name: str) -> None:
+    """Die here, as by kill -9, when GPT_LAUNCH_FAULT names this point: the fault tests' way to
+    interrupt a run at an exact moment (mid-checkpoint, mid-test) that a timed kill would only hit
+    by luck."""
+    if os.environ.get("GPT_LAUNCH_FAULT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def any_process(accelerator, *flags: bool) -> list[bool]:
     """Each flag, true on every process if it is true on any, in one all-reduce: all processes must
     take the same decision at the same step (stop, and checkpoint, together)."""

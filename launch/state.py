@@ -23,6 +23,7 @@ class TrainerState:
     batch_in_epoch: int = 0  # micro-batches of that epoch already trained
     tokens: int = 0  # real target tokens trained on, all processes together
     finished: str | None = None  # why the run ended, once it has
+    stop_kind: str | None = None  # and which kind of ending that was (a StopKind value)
 
     def count_batch(self, batches_per_epoch: int) -> bool:
         """One more micro-batch trained; True when it ended the epoch, which then rolls over here,
@@ -32,6 +33,13 @@ class TrainerState:
             return False
         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
         return True
+
+    def finish(self, reason: StopReason | None) -> None:
+        self.finished, self.stop_kind = (str(reason), reason.kind.value) if reason else (None, None)
+
+    def stop_reason(self) -> StopReason:
+        """How the run ended, from a checkpoint saved at its end (older ones name no kind: completed)."""
+        return StopReason(StopKind(self.stop_kind or StopKind.COMPLETED.value), self.finished)
 
     def state_dict(self) -> dict:
         return dataclasses.asdict(self)

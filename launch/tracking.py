@@ -12,6 +12,8 @@ import os
 import re
 from pathlib import Path
 
+from .errors import UserError
+
 # "hf_token" or "auth_token" is a secret; "tokens" and "max_tokens" are counts.
 SECRET_KEYS = re.compile(r"(api[_-]?key|secret|password|passwd|(^|[_-])token$)", re.IGNORECASE)
 
@@ -39,11 +41,26 @@ def flatten(config: dict, prefix: str = "") -> dict:
     return flat
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
+METRICS_NAME = "metrics.jsonl"
+
+
+def read_metrics(run_dir: Path, on_torn_line=None) -> list[dict]:
+    """The records of RUN/metrics.jsonl. A last line cut short (a kill in the middle of a write) is
+    dropped, and `on_torn_line` told; a bad line anywhere else is corruption, and an error."""
+    path = Path(run_dir) / METRICS_NAME
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if number < len(lines):
+                raise UserError(f"{path}:{number}: not valid JSON ({e.msg}); fix or delete that line") from None
+            if on_torn_line is not None:
+                on_torn_line(f"metrics: dropped the last line of {path}, cut short by an interrupted write")
+    return records
 
 
 class RunLog:
@@ -60,10 +77,17 @@ class RunLog:
         resumed_step: int | None,
     ):
         self.accelerator, self.tracker = accelerator, tracker
-        self.path = Path(run_dir) / "metrics.jsonl"
-        if accelerator.is_main_process and resumed_step is not None:
-            # Drop what the interrupted run logged after its checkpoint: it is about to be redone.
-            kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= resumed_step]
+        self.path = Path(run_dir) / METRICS_NAME
+        if accelerator.is_main_process and self.path.exists():
+            # Drop what an interrupted attempt logged after the checkpoint this session starts from
+            # (everything, when it starts from scratch): it is about to be redone.
+            records = read_metrics(run_dir, on_torn_line=accelerator.print)
+            kept = [] if resumed_step is None else [r for r in records if r.get("step", 0) <= resumed_step]
+            if len(kept) < len(records):
+                accelerator.print(
+                    f"metrics: dropped {len(records) - len(kept)} record(s) logged after the "
+                    f"{'checkpoint' if kept else 'start'} by the interrupted attempt"
+                )
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
             os.replace(tmp, self.path)

@@ -226,12 +226,14 @@ def _restore(run: Run, path: Path) -> None:
 # The loop
 # ---------------------------------------------------------------------------------------------
 def train(cfg: TrainConfig) -> dict:
+    cfg.check_prompts()  # with the other options, before any data work: sampling comes only at the end
     start = starting_point(cfg)
-    if start.finished:
+    if start.finished and not start.end_only:
         return {"stop_reason": f"already finished: {start.finished}", "steps": None}
-    resume_from = start.checkpoint
     with collective_errors(cfg.collective_timeout):
-        run = build_run(cfg, resume_from)
+        run = build_run(cfg, start.checkpoint)
+        if start.end_only:
+            return finish_run(run, run.state.stop_reason())
         run.window = LossWindow(run.accelerator.device, run.state.tokens, cfg.log_every)
         reason = None
         run.progress = progress(
@@ -296,7 +298,7 @@ def after_step(run: Run, stop_signal: StopSignal, epoch_end: bool) -> StopReason
             if validate(run, epoch, epoch_end):
                 finished = run.early.reason()
     paused = pause_reason(run, stop_signal)
-    state.finished = str(finished) if finished and not paused else None  # paused at the last step: resume finishes
+    state.finish(None if paused else finished)  # paused at the last step: the resumed session finishes
     if run.checkpointing.should_save(state.step, epoch_end, stopping=bool(finished or paused)):
         why = paused or finished or ("end of epoch" if epoch_end else "every --save-every steps")
         with run.window.paused():

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from gpt_core import IGNORE_INDEX, GPTConfig
 
-from .measure import Implementation, plain_adamw
+from .measure import GRAD_CLIP, Implementation, plain_adamw
 
 
 def hf_gpt2(c: GPTConfig):
@@ -42,7 +42,7 @@ def _build_hf(config: GPTConfig, device: torch.device, recipe):
     return model, plain_adamw(model, recipe)
 
 
-def hf_step(model, optimizer, micro_batches, precision, clip=1.0):
+def hf_step(model, optimizer, micro_batches, precision, clip=GRAD_CLIP):
     with precision.autocast():
         for x, _ in micro_batches:
             loss = model(input_ids=x, labels=x).loss  # GPT-2 shifts labels itself: x predicts x[1:]

@@ -62,6 +62,9 @@ class Implementation:
     useful: Callable = lambda y: int((y != IGNORE_INDEX).sum())  # real targets in a micro-batch
 
 
+GRAD_CLIP = TrainConfig().grad_clip  # the recipe's, for every implementation alike
+
+
 def _build_ours(config: GPTConfig, device: torch.device, recipe: TrainConfig):
     model = GPT(config).to(device)
     return model, build_optimizer(model, recipe, device)
@@ -73,7 +76,7 @@ def _step_ours(model, optimizer, batches, precision: Precision) -> None:
             _, loss = model(x, y)
         precision.scaler.scale(loss / len(batches)).backward()
     precision.scaler.unscale_(optimizer)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), TrainConfig().grad_clip)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
     precision.scaler.step(optimizer)
     precision.scaler.update()
     optimizer.zero_grad(set_to_none=True)

@@ -105,7 +105,7 @@ def make_dataloader(dataset: Dataset, batch_size: int, seed: int, shuffle: bool,
     if len(dataset) == 0:
         raise UserError(
             f"a split holds fewer tokens than one {type(dataset).__name__.replace('Dataset', '').lower()} row; "
-            "give --data more stories or lower --context"
+            "give --data more stories, or a shorter context_length in a --model-config file"
         )
     sampler = EpochShuffleSampler(len(dataset), seed, shuffle)
     # Each new iterator of a DataLoader draws a base seed from its `generator`, or from the global

@@ -69,7 +69,11 @@ def prepare_data(
     main, heldout = _sources(cfg)
     fingerprint, how = main.fingerprint()
     key = cache_key(cfg, seed, fingerprint, heldout.fingerprint()[0] if heldout else None)
-    tokens_dir = cfg.cache_root() / "tokens"
+    root = cfg.cache_root()
+    existing = next(p for p in (root, *root.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"--data-cache {root} cannot be a folder: {existing} is a file; point --data-cache at a folder")
+    tokens_dir = root / "tokens"
     target, scratch = tokens_dir / key, tokens_dir / f".build-{key}"
     from_cache = (target / "meta.json").exists()
     if not from_cache:
@@ -86,9 +90,11 @@ def prepare_data(
     splits = {name: load_split(target, name) for name in SPLITS}
     for name, split in splits.items():
         if split.num_stories == 0:
+            why = ", ".join(f"{n:,} {reason}" for reason, n in meta["dropped"].items())
             raise UserError(
                 f"the {name} split is empty ({meta['stories_read']:,} stories read, "
-                f"{sum(meta['dropped'].values()):,} dropped); give --data more stories"
+                f"{sum(meta['dropped'].values()):,} dropped{': ' + why if why else ''}); give --data more "
+                "stories, or name the field that holds them with --text-field"
             )
     return PreparedData(splits, meta, target, from_cache)
 
@@ -147,15 +153,17 @@ def build_lock(path: Path, scratch: Path, every_rank: Callable[[str], None]):
     kill -9). While another process holds it, say every REPORT_EVERY_S what this one waits for."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        next_report = 0.0
+        next_report, since = 0.0, time.monotonic()
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() >= next_report:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                # the holder writes its name just after taking the lock: give it a moment to
+                if time.monotonic() >= next_report and (holder or time.monotonic() - since > 2.0):
                     next_report = time.monotonic() + REPORT_EVERY_S
-                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                    holder = holder or "another process"
                     so_far = ""
                     with contextlib.suppress(OSError, ValueError, KeyError):
                         so_far = f" (so far {json.loads((scratch / 'progress.json').read_text())['progress']})"

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import socket
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,8 @@ def _format_of(path: Path) -> str | None:
 
 def resolve_files(source: str) -> list[Path] | None:
     """The data files `source` names, or None when it is a hub id. Missing paths are an error."""
+    if not source.strip():
+        raise UserError("--data is empty; pass a file, a folder, a glob or a hub id (e.g. --data stories.jsonl)")
     expanded = os.path.expanduser(source)
     if any(ch in expanded for ch in "*?["):
         files = sorted(Path(p) for p in glob.glob(expanded, recursive=True) if Path(p).is_file())
@@ -130,7 +133,8 @@ def _read_text(path: Path) -> Iterator[Chunk]:
     """Stories separated by <|endoftext|>, read a block at a time; newlines are read as Python's
     universal newlines (what a text-mode read of the whole file gives)."""
     with _open_binary(path) as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8", newline=None)
+        # utf-8-sig: a byte-order mark, as some editors write one, is not part of the first story
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline=None)
         stories, tail = [], ""
         try:
             while block := text.read(TEXT_BLOCK):
@@ -175,11 +179,21 @@ def read_file(path: Path, field: str, scratch: Path) -> Iterator[Chunk]:
     if path.stat().st_size == 0:
         raise UserError(f"data file {path} is empty; remove it or point --data at files with stories")
     kind = _format_of(path)
-    if kind == "text":
-        return _read_text(path)
-    if kind == "parquet":
-        return _read_parquet(path, field, scratch)
-    return _read_json_array(path, field) if _starts_with_bracket(path) else _read_json_lines(path, field)
+    try:
+        if kind == "text":
+            yield from _read_text(path)
+        elif kind == "parquet":
+            yield from _read_parquet(path, field, scratch)
+        elif _starts_with_bracket(path):
+            yield from _read_json_array(path, field)
+        else:
+            yield from _read_json_lines(path, field)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # cut short (a partial download), or not gzip at all
+        reason = str(e) or type(e).__name__
+        raise UserError(
+            f"{path} is not a complete gzip file ({reason}); download it again, or name it without "
+            ".gz if it is not compressed"
+        ) from None
 
 
 def files_fingerprint(files: list[Path]) -> str:

@@ -38,7 +38,8 @@ class DigestSet:
         new = np.zeros(len(digests), dtype=bool)
         new[np.unique(digests, return_index=True)[1]] = True
         new &= ~self.contains(digests)
-        self.runs.append(np.sort(digests[new]))
+        if new.any():  # an empty run would have no last element to clip searches to
+            self.runs.append(np.sort(digests[new]))
         while len(self.runs) > 1 and len(self.runs[-2]) <= len(self.runs[-1]):
             last = self.runs.pop()
             self.runs[-1] = np.sort(np.concatenate([self.runs[-1], last]))

@@ -11,10 +11,8 @@ from launch.config import (
     DataConfig,
     TrainConfig,
     flag_of,
-    for_next_session,
     leaf_fields,
     replace_paths,
-    resume_changes,
     smoke_config,
 )
 from launch.errors import UserError
@@ -91,20 +89,6 @@ def test_the_paper_values_live_in_the_defaults_and_the_smoke_run_derives_from_th
 def test_settings_round_trip_through_json():
     cfg = replace_paths(TrainConfig(), {"data.source": "x.jsonl", "lr": 1e-3, "prompts": ("Hi",), "betas": (0.8, 0.9)})
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
-
-
-def test_resume_changes_are_grouped_by_what_they_break():
-    saved = TrainConfig(stop_after_steps=5, max_minutes=10.0)
-    now = replace_paths(
-        saved, {"data.source": "other.jsonl", "batch_size": 3, "lr": 1e-3, "log_every": 1, "stop_after_steps": 7}
-    )
-    changes = resume_changes(saved, now)
-    assert changes["fixed"] == ["--data 'roneneldan/TinyStories' -> 'other.jsonl'", "--batch-size None -> 3"]
-    assert changes["warn"] == ["--lr 0.0002 -> 0.001"]
-    assert changes["free"] == ["--log-every 10 -> 1"] and changes["session"] == ["--stop-after-steps 5 -> 7"]
-    # a session's pause limits are not carried into the next session
-    nxt = for_next_session(saved, TrainConfig())
-    assert nxt.stop_after_steps is None and nxt.max_minutes is None and nxt.lr == saved.lr
 
 
 def test_help_shows_every_option_with_the_paper_defaults():

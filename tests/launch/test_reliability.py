@@ -15,6 +15,7 @@ import time
 import psutil
 import pytest
 
+from launch.config import SMOKE_DATA
 from tests.helpers import REFERENCE, REPO, child_env, invoke, launch_two, losses, run_cli, train_here
 from tests.helpers import train_args as tiny_train_args
 
@@ -304,3 +305,127 @@ def test_same_seed_same_losses_bit_for_bit(tmp_path, straight):
     assert losses(tmp_path / "again") == straight
     train(tmp_path / "other", *REFERENCE, "--seed", "7")
     assert losses(tmp_path / "other") != straight
+
+
+# ---- at a run's edges: nothing lost, nothing polluted ----------------------------------------------
+def comparable(summary: dict) -> dict:
+    """A summary without what differs between two runs of the same settings: times and folders."""
+    timing = ("elapsed_seconds", "throughput_tokens_per_s", "best_checkpoint")
+    data = {k: v for k, v in summary["data"].items() if k not in ("cache", "prepare_seconds", "tokens_per_second")}
+    config = {k: v for k, v in summary["config"].items() if k not in ("output_dir", "resume")}
+    config["data"] = {k: v for k, v in config["data"].items() if k != "cache_dir"}
+    return {**{k: v for k, v in summary.items() if k not in timing}, "data": data, "config": config}
+
+
+def untimed(run_dir) -> list[dict]:
+    return [
+        {k: v for k, v in r.items() if k != "tokens_per_s"}
+        for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+    ]
+
+
+@pytest.mark.slow
+def test_killed_during_the_final_test_the_resumed_run_writes_the_same_summary(tmp_path, reference_run):
+    out = tmp_path / "run"
+    killed = run_cli(train_args(out, *REFERENCE), env={"GPT_LAUNCH_FAULT": "kill-during-test"}, check=False)
+    assert killed.returncode == -signal.SIGKILL and not (out / "summary.json").exists()
+    resumed = invoke("train", "--resume", "auto", "--output-dir", out, check=True)  # the run's own settings
+    assert "stopped before its summary was written" in resumed.stdout
+    summary, reference = (json.loads((d / "summary.json").read_text()) for d in (out, reference_run))
+    assert comparable(summary) == comparable(reference)
+    assert (out / "curves.png").exists() and untimed(out) == untimed(reference_run)
+
+
+@pytest.mark.slow
+def test_killed_before_its_first_checkpoint_the_run_starts_its_logs_again(tmp_path, reference_run):
+    out = tmp_path / "run"
+    proc = start(train_args(out, *REFERENCE, "--save-every", "1000"))  # the first checkpoint: the epoch's end, step 4
+    wait_for_step(out, 1, proc)
+    proc.kill()
+    proc.wait()
+    assert not (out / "checkpoints").exists() and untimed(out), "killed after logging, before any checkpoint"
+    resumed = invoke("train", "--resume", "auto", "--output-dir", out, check=True)  # the run's own settings
+    assert "starting from scratch" in resumed.stdout and "dropped" in resumed.stdout
+    assert untimed(out) == untimed(reference_run)
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_the_start_is_one_line_and_leaves_no_half_written_settings(tmp_path):
+    out = tmp_path / "run"
+    invoke("prepare", "--data", SMOKE_DATA, "--data-cache", out.parent / "cache", check=True)  # the cache is ready
+    proc = with_file_size_limit(train_args(out), 1024)  # train_config.json (~3 kB) cannot be written
+    one_error_line(proc, "could not write")
+    assert "train_config.json (no space left" in proc.stderr
+    assert not list(out.glob("train_config.json*"))
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--prompt", ""], "--prompt '': the prompt is empty"),
+        (["--prompt", "word" + " word" * 40], "the prompt has 41 tokens but the model's context is 32"),
+        (["--betas", "1.5", "0.95"], "--betas must be two numbers in [0, 1), got 1.5 0.95"),
+        (["--betas", "-0.1", "0.95"], "--betas must be two numbers in [0, 1)"),
+        (["--seed", "-1"], "--seed must be >= 0, got -1"),
+        (["--seed", "4294967296"], "--seed must be <= 4,294,967,295"),
+        (["--collective-timeout", "1e30"], "--collective-timeout must be <= 31,536,000"),
+        (["--output-dir", ""], "--output-dir is empty"),
+        (["--data", ""], "--data is empty"),
+    ],
+)
+def test_more_bad_training_input_is_one_line_before_any_work(tmp_path, args, words):
+    result = train_here(tmp_path / "run", "--data-cache", tmp_path / "cache", *args, check=False)
+    one_error_line(result, words)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_model_config_that_is_a_folder_is_one_line(tmp_path):
+    one_error_line(
+        train(tmp_path / "run", "--model-config", tmp_path, check=False), "is a folder; pass its config.json"
+    )
+
+
+def test_a_data_cache_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "cache").write_text("not a folder")
+    one_error_line(train(tmp_path / "run", "--data-cache", tmp_path / "cache", check=False), "--data-cache")
+
+
+def test_a_context_past_memory_is_one_line(tmp_path):
+    config = {"n_layer": 1, "n_head": 1, "d_model": 8, "d_ff": 8, "context_length": 2**36}
+    (tmp_path / "model.json").write_text(json.dumps(config))
+    result = train(tmp_path / "run", "--model-config", tmp_path / "model.json", "--layout", "padded", check=False)
+    one_error_line(result, "out of memory; lower --batch-size, or the model's context_length")
+
+
+def test_a_context_longer_than_the_data_names_the_real_setting(tmp_path):
+    config = {"n_layer": 1, "n_head": 1, "d_model": 8, "d_ff": 8, "context_length": 4096}
+    (tmp_path / "model.json").write_text(json.dumps(config))
+    result = train(tmp_path / "run", "--model-config", tmp_path / "model.json", check=False)
+    one_error_line(result, "a shorter context_length in a --model-config file")
+    assert "--context " not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "prepare", "evaluate"])
+def test_a_cut_or_fake_gzip_file_is_one_line(tmp_path, command, finished_run):
+    from tests.helpers import make_stories, write_jsonl
+
+    whole = write_jsonl(tmp_path / "whole.jsonl.gz", make_stories(3000), gz=True).read_bytes()
+    (tmp_path / "half.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "plain.jsonl.gz").write_text('{"text": "A story that was never compressed."}\n')
+    before = {
+        "train": ["train", *train_args(tmp_path / "run")[4:]],
+        "prepare": ["prepare"],
+        "evaluate": ["evaluate", finished_run],
+    }[command]
+    for name in ("half.jsonl.gz", "plain.jsonl.gz"):
+        result = invoke(*before, "--data", tmp_path / name, "--data-cache", tmp_path / "cache")
+        one_error_line(result, f"{tmp_path / name} is not a complete gzip file")
+    assert not (tmp_path / "run").exists()
+
+
+def test_stories_that_are_not_text_name_the_reason_they_were_dropped(tmp_path):
+    values = [None, 7, ["a", "list"], {"a": "dict"}] * 100
+    (tmp_path / "odd.jsonl").write_text("".join(json.dumps({"text": v}) + "\n" for v in values))
+    result = train(tmp_path / "run", "--data", tmp_path / "odd.jsonl", check=False)
+    one_error_line(result, "400 stories read, 400 dropped: 400 not a string (e.g. null or a number)")
+    assert "--text-field" in result.stderr

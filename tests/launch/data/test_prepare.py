@@ -41,7 +41,8 @@ def test_smoke_data_ships_with_the_package(cache_dir):
 
 
 def test_all_stories_dropped(tmp_path, cache_dir):
-    with pytest.raises(UserError, match=r"split is empty .*dropped\); give --data more stories"):
+    reasons = r"3 dropped: 1 empty, 2 shorter than 20 characters\); give --data more stories"
+    with pytest.raises(UserError, match=r"split is empty \(3 stories read, " + reasons):
         prepared(write_jsonl(tmp_path / "s.jsonl", ["hi", "", "ok"]), cache_dir)
 
 

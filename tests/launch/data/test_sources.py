@@ -77,6 +77,21 @@ def test_stories_that_are_not_text_are_dropped_with_the_reason(tmp_path, cache_d
     assert sum(len(v) for v in all_text(data).values()) == 40
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_story(tmp_path, cache_dir):
+    (tmp_path / "bom.txt").write_bytes("\ufeff".encode() + "".join(f"{s}\n<|endoftext|>\n" for s in STORIES).encode())
+    texts = all_text(prepared(tmp_path / "bom.txt", cache_dir))
+    assert texts["train"][0] == STORIES[0] and sum(len(v) for v in texts.values()) == len(STORIES)
+
+
+def test_a_file_that_keeps_no_story_beside_a_good_one(tmp_path, cache_dir):
+    (tmp_path / "stories").mkdir()
+    (tmp_path / "stories" / "a.jsonl").write_text('{"text": null}\n' * 5)  # read first: nothing kept from it
+    write_jsonl(tmp_path / "stories" / "b.jsonl", STORIES)
+    data = prepared(tmp_path / "stories", cache_dir)
+    assert sum(len(v) for v in all_text(data).values()) == len(STORIES)
+    assert data.meta["dropped"] == {"not a string (e.g. null or a number)": 5}
+
+
 # ---- the hub, from datasets' own offline cache --------------------------------------------------
 HUB_CODE = """
 import json, sys, time

@@ -1,0 +1,61 @@
+"""launch/resume.py: where a session starts. A run remembers its settings, a folder holds one run,
+and what resuming may change is grouped by what it breaks."""
+
+import json
+import shutil
+
+from launch.config import TrainConfig, replace_paths
+from launch.resume import for_next_session, resume_changes
+from tests.helpers import invoke, train_here
+
+
+def test_resume_changes_are_grouped_by_what_they_break():
+    saved = TrainConfig(stop_after_steps=5, max_minutes=10.0)
+    now = replace_paths(
+        saved, {"data.source": "other.jsonl", "batch_size": 3, "lr": 1e-3, "log_every": 1, "stop_after_steps": 7}
+    )
+    changes = resume_changes(saved, now)
+    assert changes["fixed"] == ["--data 'roneneldan/TinyStories' -> 'other.jsonl'", "--batch-size None -> 3"]
+    assert changes["warn"] == ["--lr 0.0002 -> 0.001"]
+    assert changes["free"] == ["--log-every 10 -> 1"] and changes["session"] == ["--stop-after-steps 5 -> 7"]
+    # a session's pause limits are not carried into the next session
+    nxt = for_next_session(saved, TrainConfig())
+    assert nxt.stop_after_steps is None and nxt.max_minutes is None and nxt.lr == saved.lr
+
+
+def one_error_line(result, words):
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert result.exit_code == 2 and len(errors) == 1 and words in errors[0], result.stderr[-2000:]
+
+
+def test_a_new_run_in_a_folder_that_holds_one_is_refused_unless_overwritten(finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = (run / "metrics.jsonl").read_text()
+    refused = train_here(run, "--max-steps", "2", check=False)
+    one_error_line(refused, f"{run} already holds a run; continue it with --resume auto --output-dir {run}")
+    assert "--overwrite" in refused.stderr and (run / "metrics.jsonl").read_text() == before
+    (run / "notes.txt").write_text("mine")  # not the run's: --overwrite leaves it
+    train_here(run, "--max-steps", "2", "--overwrite")
+    assert [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [2, 2, 2]
+    assert json.loads((run / "summary.json").read_text())["steps"] == 2
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", "step-0000002"]
+    assert (run / "notes.txt").read_text() == "mine"
+
+
+def test_resume_from_a_folder_that_is_not_a_checkpoint_says_so_before_any_data_work(tmp_path, monkeypatch):
+    (tmp_path / "not-a-run").mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no --data: the paper's hub data would be tried first
+    result = invoke("train", "--resume", tmp_path / "not-a-run", "--data-cache", tmp_path / "cache")
+    one_error_line(result, "is not a resumable checkpoint (trainer_state.json is missing)")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_torn_last_line_of_the_metrics_is_dropped_on_resume(paused_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(paused_run, run)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "train", "step": 3')  # a kill in the middle of a write
+    resumed = train_here(run, "--max-steps", "8", "--eval-every", "2", "--resume", "auto")
+    assert "dropped the last line of" in resumed.stdout and "cut short by an interrupted write" in resumed.stdout
+    assert json.loads((run / "summary.json").read_text())["steps"] == 8
