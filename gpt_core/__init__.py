@@ -5,7 +5,7 @@ from .fused import IGNORE_INDEX
 from .generation import GenerationError, generate, generate_stream
 from .model import GPT, KVCache
 from .tokenizer import EOT_ID, GPT2_VOCAB_SIZE, Tokenizer, get_tokenizer
-from .weights import CheckpointError, load_pretrained, save_pretrained, save_state_dict
+from .weights import CheckpointError, load_pretrained, save_hf, save_pretrained, save_state_dict
 
 __all__ = [
     "EOT_ID",
@@ -24,6 +24,7 @@ __all__ = [
     "get_preset",
     "get_tokenizer",
     "load_pretrained",
+    "save_hf",
     "save_pretrained",
     "save_state_dict",
 ]

@@ -35,6 +35,12 @@ class GPTConfig:
     # rates and deeper stacks because the residual stream is never normalised away.
     norm: str = "post"
     init_std: float = 0.02
+    # The paper's choices, against GPT-2's: fixed sinusoids added to embeddings scaled by
+    # sqrt(d_model), and GELU as erf; GPT-2 learns a position table, scales nothing, and uses GELU's
+    # tanh approximation. These three let the `gpt2` preset compute exactly what GPT-2 does.
+    positions: str = "sinusoidal"  # or "learned"
+    embed_scale: bool = True  # multiply embeddings by sqrt(d_model)
+    activation: str = "gelu"  # or "gelu_tanh"
 
     def __post_init__(self) -> None:
         problems = []
@@ -56,6 +62,9 @@ class GPTConfig:
             problems.append(f"norm must be 'post' or 'pre', got {self.norm!r}")
         if not self.init_std > 0:
             problems.append(f"init_std must be positive, got {self.init_std}")
+        for name, choices in (("positions", ("sinusoidal", "learned")), ("activation", ("gelu", "gelu_tanh"))):
+            if getattr(self, name) not in choices:
+                problems.append(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         if problems:
             raise ConfigError("invalid model config: " + "; ".join(problems))
 
@@ -71,7 +80,8 @@ class GPTConfig:
         ffn = d * f + f + f * d + d
         norms = 2 * (2 * d)
         final_norm = 2 * d if self.norm == "pre" else 0
-        return self.vocab_size * d + self.n_layer * (attention + ffn + norms) + final_norm
+        positions = self.context_length * d if self.positions == "learned" else 0
+        return self.vocab_size * d + positions + self.n_layer * (attention + ffn + norms) + final_norm
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs per token (forward + backward = 3x forward), counting matmuls only.
@@ -128,6 +138,19 @@ PRESETS: dict[str, GPTConfig] = {
     "small": GPTConfig(n_layer=4, n_head=4, d_model=128, d_ff=512, context_length=128, norm="pre"),
     # The smallest useful shape, for tests.
     "tiny": GPTConfig(n_layer=2, n_head=2, d_model=32, d_ff=64, context_length=32, dropout=0.0, norm="pre"),
+    # OpenAI's GPT-2 small (124 M): loads its weights with --init-from, and trains GPT-2-sized models.
+    "gpt2": GPTConfig(
+        context_length=1024,
+        n_layer=12,
+        n_head=12,
+        d_model=768,
+        d_ff=3072,
+        attention_dropout=0.1,
+        norm="pre",
+        positions="learned",
+        embed_scale=False,
+        activation="gelu_tanh",
+    ),
 }
 
 

@@ -95,9 +95,10 @@ class FeedForward(nn.Module):
         super().__init__()
         self.up = FastDecodeLinear(config.d_model, config.d_ff)
         self.down = FastDecodeLinear(config.d_ff, config.d_model)
+        self.approximate = "tanh" if config.activation == "gelu_tanh" else "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.gelu(self.up(x)))
+        return self.down(F.gelu(self.up(x), approximate=self.approximate))
 
 
 class Block(nn.Module):
@@ -124,7 +125,11 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        self.register_buffer("positions", sinusoidal_positions(config.context_length, config.d_model), persistent=False)
+        if config.positions == "learned":  # GPT-2's table, a parameter like any other
+            self.pos_embed = nn.Embedding(config.context_length, config.d_model)
+        else:
+            table = sinusoidal_positions(config.context_length, config.d_model)
+            self.register_buffer("positions", table, persistent=False)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         # Post-LN already ends every block in a LayerNorm; pre-LN needs one before the head.
@@ -133,7 +138,7 @@ class GPT(nn.Module):
         self.head.weight = self.embed.weight  # tied: one (vocab x d_model) tensor, 25.7 M params in `paper`
         # With N(0, 0.02) weights a raw embedding is ~50x smaller than the +-1 sinusoids and would be
         # drowned by them; scaling by sqrt(d_model), as Vaswani et al. do, puts the two on a par.
-        self.embed_scale = math.sqrt(config.d_model)
+        self.embed_scale = math.sqrt(config.d_model) if config.embed_scale else 1.0
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -144,6 +149,10 @@ class GPT(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # parameters() yields the tied tensor once
+
+    def position_table(self) -> torch.Tensor:
+        """(context, d_model): what each position adds to its token's embedding."""
+        return self.pos_embed.weight if self.config.positions == "learned" else self.positions
 
     def forward(
         self,
@@ -165,7 +174,7 @@ class GPT(nn.Module):
         start = cache.length if cache is not None else 0
         if start + T > self.config.context_length:
             raise ValueError(f"sequence of {start + T} tokens exceeds the context length {self.config.context_length}")
-        x = self.embed(idx) * self.embed_scale + self.positions[start : start + T]
+        x = self.embed(idx) * self.embed_scale + self.position_table()[start : start + T]
         x = self.dropout(x)
         for block in self.blocks:
             x = block(x, cache)

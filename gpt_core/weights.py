@@ -1,17 +1,21 @@
 """Model weights on disk: `model.safetensors` + `config.json` in one folder.
 
 safetensors holds tensors only, so loading a model never executes code from the file (unlike a
-pickle).  Any folder written by `save_pretrained` loads with `load_pretrained` and plain PyTorch.
+pickle).  Any folder written by `save_pretrained` loads with `load_pretrained` and plain PyTorch,
+and so does one in transformers' GPT-2 or OpenAI GPT format (`save_hf`, or `save_pretrained` of
+transformers itself): the config.json says which (see hf.py).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_file
+from safetensors.torch import load_file, load_model, save_file
 
+from . import hf
 from .config import ConfigError, GPTConfig
 from .model import GPT
 
@@ -36,6 +40,31 @@ def save_pretrained(model: GPT, folder: str | Path) -> None:
     save_state_dict(model.state_dict(), model.config, folder)
 
 
+def save_hf(model: GPT, folder: str | Path, extra_config: dict | None = None) -> list[str]:
+    """Write `model` as transformers' GPT-2 (pre-LN) or OpenAI GPT (post-LN): config.json and
+    model.safetensors under their names, the tied matrix once. Returns what transformers will
+    compute differently (hf.approximations), for the caller to say."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = hf.to_hf(model.state_dict(), model.config, model.position_table())
+    config = {**hf.hf_config(model.config), **(extra_config or {})}
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    save_file({k: v.cpu() for k, v in tensors.items()}, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    return hf.approximations(model.config)
+
+
+def read_config(folder: Path) -> tuple[GPTConfig, bool]:
+    """The folder's model config, and whether it is in transformers' format."""
+    config_file = folder / CONFIG_NAME
+    try:
+        data = json.loads(config_file.read_text())
+        if isinstance(data, dict) and hf.is_hf_config(data):
+            return hf.config_from_hf(data), True
+        return GPTConfig.load(config_file), False
+    except (ConfigError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{config_file}: {e}") from None
+
+
 def load_pretrained(folder: str | Path, map_location: str | torch.device = "cpu") -> GPT:
     folder = Path(folder)
     weights, config_file = folder / WEIGHTS_NAME, folder / CONFIG_NAME
@@ -43,12 +72,11 @@ def load_pretrained(folder: str | Path, map_location: str | torch.device = "cpu"
         if not needed.is_file():
             raise CheckpointError(
                 f"{needed} is missing; point at a folder holding {CONFIG_NAME} and {WEIGHTS_NAME} "
-                "(a run's checkpoints/best or checkpoints/step-N)"
+                "(a run's checkpoints/best or checkpoints/step-N, or an exported model)"
             )
-    try:
-        config = GPTConfig.load(config_file)
-    except ConfigError as e:
-        raise CheckpointError(f"{config_file}: {e}") from None
+    config, in_hf_format = read_config(folder)
+    if in_hf_format:
+        return _load_hf(folder, config, map_location)
     model = GPT(config)
     try:
         missing, unexpected = load_model(model, str(weights), strict=False, device=str(map_location))
@@ -63,4 +91,18 @@ def load_pretrained(folder: str | Path, map_location: str | torch.device = "cpu"
         raise CheckpointError(
             f"{weights} does not fit the model in {config_file}: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
+    return model
+
+
+def _load_hf(folder: Path, config: GPTConfig, map_location) -> GPT:
+    weights = folder / WEIGHTS_NAME
+    try:
+        state = hf.from_hf(load_file(str(weights), device=str(map_location)), config)
+        model = GPT(config).to(map_location)
+        model.load_state_dict(state)
+    except (SafetensorError, OSError, KeyError, RuntimeError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{weights} does not hold the model its config.json describes ({first_line[:200]})"
+        ) from None
     return model

@@ -1,10 +1,14 @@
-"""`gpt-launch export RUN OUT`: a finished run's best weights as a self-describing model folder.
+"""`gpt-launch export RUN OUT`: a finished run's best weights as a model folder that stock
+transformers and gpt_core both load (`AutoModelForCausalLM`, `AutoTokenizer`, `pipeline`;
+`gpt_core.load_pretrained`), with no custom code:
 
-    OUT/model.safetensors      the best weights (the tied head stored once, as in every checkpoint)
-    OUT/config.json            the model's shape: `gpt_core.load_pretrained(OUT)` loads the folder
-    OUT/tokenizer_config.json  which tokenizer the ids belong to (GPT-2 BPE through tiktoken)
-    OUT/README.md              a Hugging Face model card: YAML metadata, then what a reader needs
-    OUT/curves.png             the training curves the card shows
+    OUT/config.json, model.safetensors   GPT-2 (pre-LN) or OpenAI GPT (post-LN), the tied matrix once
+    OUT/generation_config.json           <|endoftext|> ends a story; our sampling defaults
+    OUT/tokenizer.json                   GPT-2 BPE (the `tokenizers` library's file), and
+    OUT/vocab.json, merges.txt,          the same vocabulary as GPT-2's own files
+    OUT/tokenizer_config.json
+    OUT/README.md                        a Hugging Face model card: YAML metadata, then what a reader needs
+    OUT/curves.png                       the training curves the card shows
 
 The folder is written beside OUT and renamed into place, so an interrupted export leaves no half
 folder. `--push REPO` uploads it with huggingface_hub.
@@ -17,25 +21,20 @@ import os
 import shutil
 from pathlib import Path
 
-from gpt_core import EOT_ID, GPT2_VOCAB_SIZE, load_pretrained, save_pretrained
+from gpt_core import EOT_ID, load_pretrained, save_hf
+from gpt_core.hf import ARCHITECTURES
+from gpt_core.tokenizer import EOT, gpt2_files
 
 from . import checkpoint as ckpt
 from .errors import UserError
 from .report import markdown_table
 from .summary import RunSummary
 
-TOKENIZER_CONFIG = {
-    "tokenizer": "gpt2",
-    "implementation": "tiktoken",
-    "vocab_size": GPT2_VOCAB_SIZE,
-    "eot_token": "<|endoftext|>",
-    "eot_token_id": EOT_ID,
-}
 HUB_DATASET = "roneneldan/TinyStories"
 DATA_LICENCE = "CDLA-Sharing-1.0"
 
 
-def export_model(run_dir: Path, out: Path, license: str = "mit") -> Path:
+def export_model(run_dir: Path, out: Path, license: str = "mit", log=print) -> Path:
     run_dir, out = Path(run_dir), Path(out)
     summary = RunSummary.load(run_dir)
     best = ckpt.find_best(run_dir)
@@ -46,8 +45,24 @@ def export_model(run_dir: Path, out: Path, license: str = "mit") -> Path:
     model = load_pretrained(best)
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    save_pretrained(model, partial)
-    (partial / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2) + "\n")
+    try:
+        notes = save_hf(model, partial, {"bos_token_id": EOT_ID, "eos_token_id": EOT_ID})
+    except ValueError as e:  # a shape no stock transformers class computes
+        raise UserError(f"{best} cannot be exported: {e}") from None
+    for note in notes:
+        log(f"export: note: {note}")
+    write_tokenizer(partial, model.config.context_length)
+    generation = {
+        "bos_token_id": EOT_ID,
+        "eos_token_id": EOT_ID,
+        "pad_token_id": EOT_ID,
+        "do_sample": True,
+        "temperature": 1.0,
+        "top_k": 40,
+        "top_p": 0.95,
+        "max_new_tokens": 300,
+    }  # gpt-launch generate's
+    (partial / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     if (run_dir / "curves.png").exists():
         shutil.copyfile(run_dir / "curves.png", partial / "curves.png")
     (partial / "README.md").write_text(
@@ -59,6 +74,31 @@ def export_model(run_dir: Path, out: Path, license: str = "mit") -> Path:
     return out
 
 
+def write_tokenizer(folder: Path, context: int) -> None:
+    """GPT-2's BPE as transformers loads it: tokenizer.json (built with the `tokenizers` library from
+    GPT-2's own files, byte-level, <|endoftext|> special), plus vocab.json and merges.txt."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+
+    encoder_json, vocab_bpe = gpt2_files()
+    tokenizer = Tokenizer(models.BPE.from_file(str(encoder_json), str(vocab_bpe)))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    tokenizer.add_special_tokens([AddedToken(EOT, special=True)])
+    tokenizer.save(str(folder / "tokenizer.json"))
+    shutil.copyfile(encoder_json, folder / "vocab.json")
+    shutil.copyfile(vocab_bpe, folder / "merges.txt")
+    config = {
+        "tokenizer_class": "GPT2Tokenizer",
+        "bos_token": EOT,
+        "eos_token": EOT,
+        "unk_token": EOT,
+        "model_max_length": context,
+        "add_prefix_space": False,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
 def _card_metadata(summary: RunSummary, name: str, license: str) -> dict:
     test, source = summary.test or {}, summary.config["data"]["source"]
     from_tinystories = "tinystories" in source.lower() or "smoke_stories" in source
@@ -67,6 +107,9 @@ def _card_metadata(summary: RunSummary, name: str, license: str) -> dict:
         {"type": "accuracy", "value": round(test["accuracy"], 4), "name": "test next-token accuracy"},
         {"type": "loss", "value": round(test["loss"], 4), "name": "test cross-entropy (nats/token)"},
     ]
+    if "bits_per_byte" in test:  # summaries written before bits per byte existed have none
+        bpb = {"type": "bits_per_byte", "value": round(test["bits_per_byte"], 4), "name": "test bits per byte"}
+        metrics.append(bpb)
     dataset = {
         "type": HUB_DATASET if from_tinystories else source,
         "name": "TinyStories" if from_tinystories else source,
@@ -75,10 +118,10 @@ def _card_metadata(summary: RunSummary, name: str, license: str) -> dict:
     metadata = {
         "language": ["en"],
         "license": license,
-        "library_name": "pytorch",
+        "library_name": "transformers",
         "pipeline_tag": "text-generation",
         "tags": ["gpt2", "causal-lm", "tinystories", "gpt-launch"],
-        "metrics": ["perplexity", "accuracy"],
+        "metrics": ["perplexity", "accuracy", "bits_per_byte"],
         "model-index": [
             {
                 "name": name,
@@ -153,7 +196,8 @@ def _card_results(summary: RunSummary, samples: list[str], with_curves: bool) ->
         "## Results",
         "",
         "Test metrics are measured with the best validation weights, over real target tokens only (padding is never "
-        "counted); perplexity is exp of the mean token loss.",
+        "counted); perplexity is exp of the mean token loss, and bits per byte is the total loss in bits over the "
+        "UTF-8 bytes of the text those tokens stand for: the figure to compare with models on other tokenizers.",
         "",
         *markdown_table(summary.rows()),
         "",
@@ -164,6 +208,17 @@ def _card_results(summary: RunSummary, samples: list[str], with_curves: bool) ->
         "",
         "## How to load it",
         "",
+        f"With transformers (a stock `{ARCHITECTURES[summary.model['norm']][1]}`, no custom code):",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        "",
+        'story = pipeline("text-generation", model="path/to/this/folder")  # or "user/repo" on the Hub',
+        'print(story("Once upon a time", max_new_tokens=200)[0]["generated_text"])',
+        "```",
+        "",
+        "With gpt_core (plain PyTorch, the code it was trained with):",
+        "",
         "```python",
         "from gpt_core import generate, get_tokenizer, load_pretrained",
         "",
@@ -173,8 +228,9 @@ def _card_results(summary: RunSummary, samples: list[str], with_curves: bool) ->
         "print(tokenizer.decode(ids))",
         "```",
         "",
-        "`config.json` holds the model's shape and `model.safetensors` its weights (the tied output layer is stored "
-        "once, as `embed.weight`).",
+        "`config.json` and `model.safetensors` are in transformers' format (the tied output layer stored once, as the "
+        "token embedding, which holds the embedding times sqrt(d_model) the model was trained with); the tokenizer is "
+        "GPT-2's byte-level BPE with `<|endoftext|>` (50256) ending each story.",
         "",
     ]
 

@@ -30,7 +30,8 @@ def test_and_summarise(run, reason: str) -> dict:
     capped = f", first {run.cfg.test_batches} batches per process" if run.cfg.test_batches else ""
     run.say(
         f"test (best weights, step {run.early.best_step}{capped}): loss {test['loss']:.4f} "
-        f"perplexity {test['perplexity']:.2f} accuracy {test['accuracy']:.4f} ({test['tokens']:,} tokens)"
+        f"perplexity {test['perplexity']:.2f} accuracy {test['accuracy']:.4f} bits per byte "
+        f"{test['bits_per_byte']:.4f} ({test['tokens']:,} tokens)"
     )
     run.log.log({"kind": "test", "step": state.step, **test})
     summary = {"stop_reason": reason, "steps": state.step, "test": test}  # what every process knows

@@ -30,6 +30,7 @@ PLOTS = {
     "loss": ("train/loss", "eval/loss"),
     "perplexity": ("train/perplexity", "eval/perplexity"),
     "token accuracy": ("eval/accuracy",),
+    "bits per byte": ("eval/bits_per_byte",),
     "learning rate": ("train/lr",),
     "tokens/s": ("train/tokens_per_s",),
 }
@@ -129,8 +130,9 @@ def report_spec(run_dir: Path, entity: str | None = None) -> dict:
         "run_folders": [str(r.folder) for r in runs],
         "title": f"{name}: a {summary.model['parameters'] / 1e6:.1f}M-parameter GPT on TinyStories",
         "description": (
-            f"Test perplexity {test.get('perplexity', float('nan')):.2f} and token accuracy "
-            f"{test.get('accuracy', float('nan')):.4f} after {summary.steps} optimizer steps "
+            f"Test perplexity {test.get('perplexity', float('nan')):.2f}, token accuracy "
+            f"{test.get('accuracy', float('nan')):.4f} and bits per byte {test.get('bits_per_byte', float('nan')):.4f} "
+            f"after {summary.steps} optimizer steps "
             f"({summary.stop_reason})."
         ),
         "blocks": [

@@ -21,7 +21,7 @@ class RunSummary:
     epochs_completed: int
     tokens: int  # real target tokens trained on
     best_step: int | None
-    best_validation: dict | None  # loss, perplexity, accuracy, tokens of the best evaluation
+    best_validation: dict | None  # loss, perplexity, accuracy, bits per byte, tokens, bytes of the best evaluation
     test: dict  # the same, on the test split, with the best weights
     samples: list[dict]  # {"prompt", "text"}
     throughput_tokens_per_s: float
@@ -65,8 +65,8 @@ class RunSummary:
             ("stop reason", self.stop_reason),
             ("optimizer steps", str(self.steps)),
             ("tokens trained", f"{self.tokens:,}"),
-            ("best validation loss / perplexity / accuracy", _metrics(best)),
-            ("test loss / perplexity / accuracy", _metrics(test)),
+            ("best validation loss / perplexity / accuracy / bits per byte", _metrics(best)),
+            ("test loss / perplexity / accuracy / bits per byte", _metrics(test)),
             ("throughput (tokens/s)", f"{self.throughput_tokens_per_s:,.0f}"),
             ("hardware", f"{hardware['device']}, {hardware['processes']} process(es), mixed precision {precision}"),
             ("wall time", f"{self.elapsed_seconds / 60:.1f} min"),
@@ -78,4 +78,7 @@ def _fmt(value, digits=4):
 
 
 def _metrics(m: dict) -> str:
-    return f"{_fmt(m.get('loss'))} / {_fmt(m.get('perplexity'), 2)} / {_fmt(m.get('accuracy'))}"
+    return (
+        f"{_fmt(m.get('loss'))} / {_fmt(m.get('perplexity'), 2)} / {_fmt(m.get('accuracy'))} / "
+        f"{_fmt(m.get('bits_per_byte'))}"
+    )

@@ -343,7 +343,8 @@ def validate(run: Run, epoch: int, epoch_end: bool) -> bool:
     run.log.log({"kind": "eval", "step": step, "epoch": epoch, "epoch_end": epoch_end, **metrics})
     run.say(
         f"eval: step {step} loss {metrics['loss']:.4f} perplexity {metrics['perplexity']:.2f} "
-        f"accuracy {metrics['accuracy']:.4f} ({metrics['tokens']:,} tokens)"
+        f"accuracy {metrics['accuracy']:.4f} bits per byte {metrics['bits_per_byte']:.4f} "
+        f"({metrics['tokens']:,} tokens)"
     )
     if run.early.update(metrics, step):
         ckpt.save_best(run.accelerator, run.model, run.model_config, run.run_dir, run.checkpoint_state())

@@ -78,9 +78,10 @@ def test_generate_missing_checkpoint(tmp_path):
 
 
 def reference_metrics(run_dir, layout_rows):
-    """Perplexity computed by hand, row by row, for comparison with the command."""
-    model = load_pretrained(run_dir / "checkpoints" / "best").eval()
-    loss_sum, tokens, correct = 0.0, 0, 0
+    """Perplexity and bits per byte computed by hand, row by row, for comparison with the command:
+    the bytes are those of the text the target tokens decode to, <|endoftext|> separators left out."""
+    model, tokenizer = load_pretrained(run_dir / "checkpoints" / "best").eval(), get_tokenizer()
+    loss_sum, tokens, correct, text = 0.0, 0, 0, b""
     with torch.no_grad():
         for x, y in layout_rows:
             logits, _ = model(x[None])
@@ -88,7 +89,8 @@ def reference_metrics(run_dir, layout_rows):
             loss_sum += F.cross_entropy(logits[0][mask], y[mask], reduction="sum").item()
             correct += (logits[0].argmax(-1)[mask] == y[mask]).sum().item()
             tokens += int(mask.sum())
-    return loss_sum / tokens, correct / tokens, tokens
+            text += tokenizer.decode_bytes([t for t in y[mask].tolist() if t != tokenizer.eot_id])
+    return loss_sum / tokens, correct / tokens, tokens, loss_sum / math.log(2) / len(text)
 
 
 def test_evaluate_is_exp_of_mean_token_loss(run_dir, tmp_path):
@@ -113,10 +115,12 @@ def test_evaluate_is_exp_of_mean_token_loss(run_dir, tmp_path):
         "validation"
     ]
     ds = PackedDataset(split, 32)
-    loss, acc, tokens = reference_metrics(run_dir, [ds[i] for i in range(len(ds))])
+    loss, acc, tokens, bits_per_byte = reference_metrics(run_dir, [ds[i] for i in range(len(ds))])
     assert got["tokens"] == tokens == len(ds) * 32
     assert got["loss"] == pytest.approx(loss, rel=1e-5) and got["accuracy"] == pytest.approx(acc)
     assert got["perplexity"] == pytest.approx(math.exp(loss), rel=1e-5)
+    assert got["bits_per_byte"] == pytest.approx(bits_per_byte, rel=1e-5)
+    assert 3 < got["bytes"] / got["tokens"] < 6  # English text: ~4 bytes a GPT-2 token
 
 
 def test_evaluate_takes_the_data_settings_from_the_run(run_dir, tmp_path):

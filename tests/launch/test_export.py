@@ -19,21 +19,35 @@ def export(run_dir, out, *extra, env=None, check=True):
     return run_cli([PYTHON, "-m", "launch.cli", "export", run_dir, out, *extra], env=env, check=check)
 
 
-def test_exported_folder_loads_and_its_card_holds_the_real_metrics(wandb_offline_run, tmp_path):
-    out = tmp_path / "tiny-stories-model"
-    export(wandb_offline_run, out)
+@pytest.fixture(scope="module")
+def exported(wandb_offline_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "tiny-stories-model"
+    export(wandb_offline_run, out, check=True)
+    return out
+
+
+def test_exported_folder_loads_and_its_card_holds_the_real_metrics(wandb_offline_run, exported):
+    out = exported
     assert {p.name for p in out.iterdir()} == {
         "model.safetensors",
         "config.json",
+        "generation_config.json",
+        "tokenizer.json",
         "tokenizer_config.json",
+        "vocab.json",
+        "merges.txt",
         "README.md",
         "curves.png",
     }
-    exported, best = load_pretrained(out), load_pretrained(wandb_offline_run / "checkpoints" / "best")
-    for (name, a), (_, b) in zip(exported.state_dict().items(), best.state_dict().items(), strict=True):
-        assert torch.equal(a, b), name
-    assert json.loads((out / "tokenizer_config.json").read_text())["tokenizer"] == "gpt2"
-
+    # gpt_core reads the folder (transformers' names and parameterisation) and computes the same model
+    exported_model, best = load_pretrained(out).eval(), load_pretrained(wandb_offline_run / "checkpoints" / "best")
+    idx = torch.randint(0, best.config.vocab_size, (2, best.config.context_length))
+    with torch.no_grad():
+        assert (exported_model(idx)[0] - best.eval()(idx)[0]).abs().max() <= 1e-5
+    # no larger than the checkpoint's weights plus the position table it now stores
+    table = best.config.context_length * best.config.d_model * 4
+    ckpt_size = (wandb_offline_run / "checkpoints" / "best" / "model.safetensors").stat().st_size
+    assert (out / "model.safetensors").stat().st_size <= ckpt_size + table + 4096
     card = (out / "README.md").read_text()
     assert card.startswith("---\n")
     header, body = card[4:].split("\n---\n", 1)
@@ -44,6 +58,8 @@ def test_exported_folder_loads_and_its_card_holds_the_real_metrics(wandb_offline
     assert metrics["perplexity"] == pytest.approx(summary["test"]["perplexity"], abs=1e-4)
     assert metrics["accuracy"] == pytest.approx(summary["test"]["accuracy"], abs=1e-4)
     assert metrics["loss"] == pytest.approx(summary["test"]["loss"], abs=1e-4)
+    assert metrics["bits_per_byte"] == pytest.approx(summary["test"]["bits_per_byte"], abs=1e-4)
+    assert 'pipeline("text-generation"' in body and "GPT2LMHeadModel" in body
     assert "CDLA-Sharing-1.0" in body and "load_pretrained" in body and f"{summary['model']['parameters']:,}" in body
     assert summary["samples"][0]["prompt"] in body and summary["hardware"]["device"] in body
 
@@ -65,3 +81,32 @@ def test_push_without_a_token_or_a_network_fails_in_one_line_and_keeps_the_folde
     result = export(wandb_offline_run, tmp_path / "b", "--push", "me/tiny", env=unreachable, check=False)
     assert result.returncode == 2 and "upload to me/tiny failed" in result.stderr and "Traceback" not in result.stderr
     assert "hf_xxxx" not in result.stderr and (tmp_path / "b" / "README.md").exists()
+
+
+def test_stock_transformers_loads_the_export_offline(exported, wandb_offline_run, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    from gpt_core import generate, get_tokenizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = transformers.AutoModelForCausalLM.from_pretrained(exported).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(exported)
+    ours, gpt2 = load_pretrained(wandb_offline_run / "checkpoints" / "best").eval(), get_tokenizer()
+    text = 'Once upon a time, Tom said "hi!" to 東京 🐉.\n\nThe end.<|endoftext|>'
+    assert tokenizer(text)["input_ids"] == gpt2.encode(text, allow_special=True)
+    ids = gpt2.encode(text, allow_special=True)
+    assert tokenizer.eos_token_id == gpt2.eot_id and tokenizer.decode(ids) == text
+    assert tokenizer.decode(ids, skip_special_tokens=True) == text.removesuffix("<|endoftext|>")
+    prompt = gpt2.encode("Once upon a time")
+    with torch.no_grad():
+        x = torch.tensor([prompt + gpt2.encode(" there was a little girl")])
+        assert (model(x).logits - ours(x)[0]).abs().max() <= 1e-4
+        model.generation_config.eos_token_id = None  # 20 tokens each, <|endoftext|> or not
+        theirs = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=20)
+    greedy = generate(ours, prompt, 20, greedy=True, eos_id=None)
+    assert theirs[0].tolist()[len(prompt) :] == greedy  # the same tokens, greedy, through transformers' own generate
+    cli = invoke("generate", wandb_offline_run, "-p", "Once upon a time", "--max-tokens", "20", "--greedy", check=True)
+    assert cli.stdout.rstrip("\n") == "Once upon a time" + gpt2.decode(
+        [t for t in generate(ours, prompt, 20, greedy=True) if t != gpt2.eot_id]
+    )
+    story = transformers.pipeline("text-generation", model=str(exported))("Once upon a time", max_new_tokens=8)
+    assert story[0]["generated_text"].startswith("Once upon a time") and len(story[0]["generated_text"]) > 16
