@@ -23,7 +23,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from gpt_core import CheckpointError, GPTConfig, save_state_dict
+from gpt_core import CheckpointError, GPTConfig, load_pretrained, save_state_dict
 from gpt_core.weights import CONFIG_NAME, WEIGHTS_NAME
 
 from .errors import UserError, is_disk_full
@@ -285,3 +285,24 @@ def resolve_weights(path: str | None) -> Path:
     if best or steps:
         return best or steps[-1]
     raise UserError(f"{folder} holds no model.safetensors and no checkpoints/; pass a run or checkpoint folder")
+
+
+# Settings of a model that only shape its training, not the function its weights compute.
+TRAINING_ONLY = ("dropout", "attention_dropout", "init_std")
+
+
+def load_initial_weights(model, source: str) -> Path:
+    """--init-from: copy the weights of `source` (a run, a checkpoint, an export or a transformers
+    folder) into `model`, after checking they are the same architecture; returns the folder read."""
+    folder = resolve_weights(source)
+    initial = load_pretrained(folder)
+    ours, theirs = model.config.to_dict(), initial.config.to_dict()
+    differs = {k: (theirs[k], v) for k, v in ours.items() if k not in TRAINING_ONLY and theirs[k] != v}
+    if differs:
+        listed = ", ".join(f"{k} {a!r} there, {b!r} here" for k, (a, b) in differs.items())
+        raise UserError(
+            f"--init-from {source} is another architecture ({listed}); drop --preset/--model-config/"
+            "--norm to take its own, or start from weights of this shape"
+        )
+    model.load_state_dict(initial.state_dict())
+    return folder

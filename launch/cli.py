@@ -14,8 +14,9 @@ import click
 
 from gpt_core import CheckpointError, ConfigError, GenerationError
 
-from .config import BATCH_SIZE_RULE, TrainConfig, replace_paths
+from .config import BATCH_SIZE_RULE, TrainConfig
 from .errors import UserError
+from .fields import replace_paths
 from .options import config_options, given_options
 from .runtime import TrainingInterrupted, rank_prefix
 
@@ -54,8 +55,11 @@ def user_errors_exit(fn):
     return wrapper
 
 
-def train_command(defaults: TrainConfig | None = None, name: str = "train", help_text: str | None = None):
-    """A click command that trains with `defaults` (a TrainConfig); recipes call this."""
+def train_command(
+    defaults: TrainConfig | None = None, name: str = "train", help_text: str | None = None, needs: tuple[str, ...] = ()
+):
+    """A click command that trains with `defaults` (a TrainConfig); recipes call this. `needs` names
+    settings the recipe cannot run without (e.g. init_from for fine-tuning)."""
     defaults = defaults or TrainConfig()
 
     @click.command(
@@ -76,7 +80,11 @@ def train_command(defaults: TrainConfig | None = None, name: str = "train", help
         from .resume import session_config
         from .train import train
 
-        train(session_config(defaults, given_options(ctx, params), smoke))
+        cfg = session_config(defaults, given_options(ctx, params), smoke)
+        for needed in needs:
+            if getattr(cfg, needed) is None:
+                raise UserError(f"{name} needs --{needed.replace('_', '-')}; see --help")
+        train(cfg)
 
     return command
 

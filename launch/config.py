@@ -17,14 +17,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from gpt_core import GPTConfig, get_preset
 
 from .errors import UserError, is_disk_full
+from .fields import check_fields, setting
 
 PAPER_PROMPTS = ("Once upon a time", "The little girl", "In a magical forest", "The brave knight")
 SMOKE_DATA = Path(__file__).parent / "data_files" / "smoke_stories.jsonl"
@@ -35,55 +35,6 @@ BATCH_SIZE_RULE = "4 on a GPU (the paper's RTX 3050), 2 on a CPU"
 def default_batch_size(device_type: str) -> int:
     """Rows per micro-batch when none is given: BATCH_SIZE_RULE."""
     return 4 if device_type == "cuda" else 2
-
-
-def setting(
-    default=None, help="", *, flag=None, on_resume="warn", at_least=None, above=None, at_most=None, factory=None
-):
-    """A dataclass field carrying its CLI flag, help text, resume policy and bounds."""
-    meta = {
-        "help": help,
-        "flag": flag,
-        "on_resume": on_resume,
-        "at_least": at_least,
-        "above": above,
-        "at_most": at_most,
-    }
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def flag_of(f: dataclasses.Field) -> str:
-    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-
-
-def choices_of(annotation) -> tuple | None:
-    """('a', 'b') for Literal['a', 'b'] (also inside `| None`), else None."""
-    if typing.get_origin(annotation) is Literal:
-        return typing.get_args(annotation)
-    for arg in typing.get_args(annotation):
-        if typing.get_origin(arg) is Literal:
-            return typing.get_args(arg)
-    return None
-
-
-def check_fields(config) -> None:
-    """Check every field against its type's choices and its declared bounds; one line per problem."""
-    hints = typing.get_type_hints(type(config))
-    for f in dataclasses.fields(config):
-        value, flag = getattr(config, f.name), flag_of(f)
-        if value is None or dataclasses.is_dataclass(value):
-            continue
-        choices = choices_of(hints[f.name])
-        if choices and value not in choices:
-            raise UserError(f"{flag} must be one of {', '.join(map(str, choices))}, got {value!r}")
-        if f.metadata.get("at_least") is not None and value < f.metadata["at_least"]:
-            raise UserError(f"{flag} must be >= {f.metadata['at_least']}, got {value}")
-        if f.metadata.get("above") is not None and not value > f.metadata["above"]:
-            raise UserError(f"{flag} must be > {f.metadata['above']}, got {value}")
-        if f.metadata.get("at_most") is not None and value > f.metadata["at_most"]:
-            raise UserError(f"{flag} must be <= {f.metadata['at_most']:,}, got {value:,}")
 
 
 @dataclass(frozen=True)
@@ -151,7 +102,17 @@ class TrainConfig:
 
     data: DataConfig = setting(help="The stories.", factory=DataConfig, on_resume="fixed")
     # ---- model ----
-    preset: str = setting("paper", "Model shape: paper, paper-preln, small, tiny.", on_resume="fixed")
+    preset: str | None = setting(
+        None,
+        "Model shape: paper, paper-preln, small, tiny, gpt2 [default: paper; with --init-from, that model's].",
+        on_resume="fixed",
+    )
+    init_from: str | None = setting(
+        None,
+        "Start from these weights (a run, a checkpoint, an export, or a transformers GPT-2 / OpenAI GPT folder): "
+        "the weights only; the optimizer, schedule and step start fresh, as in fine-tuning.",
+        on_resume="fixed",
+    )
     model_config_file: str | None = setting(
         None,
         "A model config JSON (fields as in a checkpoint's config.json); replaces --preset.",
@@ -289,7 +250,12 @@ class TrainConfig:
 
     def model_config(self) -> GPTConfig:
         overrides = {k: v for k, v in (("norm", self.norm), ("dropout", self.dropout)) if v is not None}
-        base = GPTConfig.load(self.model_config_file) if self.model_config_file else get_preset(self.preset)
+        if self.model_config_file:
+            base = GPTConfig.load(self.model_config_file)
+        elif self.preset is None and self.init_from:
+            base = init_weights_config(self.init_from)
+        else:
+            base = get_preset(self.preset or "paper")
         return base.replace(**overrides)
 
     # ---- persistence: a run remembers its settings in train_config.json ----
@@ -328,6 +294,15 @@ class TrainConfig:
             raise UserError(f"{path} is not a readable run config ({e}); fix it or start a new --output-dir") from None
 
 
+def init_weights_config(source: str) -> GPTConfig:
+    """The model config of --init-from's weights (read without loading them)."""
+    from gpt_core.weights import read_config
+
+    from .checkpoint import resolve_weights
+
+    return read_config(resolve_weights(source))[0]
+
+
 def saved_run_config(run_dir: Path) -> TrainConfig | None:
     """The settings a run folder was started with, or None when it has none."""
     path = Path(run_dir) / RUN_CONFIG_NAME
@@ -352,37 +327,3 @@ def smoke_config(base: TrainConfig | None = None) -> TrainConfig:
         sample_tokens=40,
         output_dir="runs/smoke",
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Walking the fields: the CLI's options and the resume checks both come from here
-# ---------------------------------------------------------------------------------------------
-def leaf_fields(cls=TrainConfig, prefix: str = ""):
-    """(dotted name, field, type) for every setting, nested DataConfig fields included."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            yield from leaf_fields(hints[f.name], f"{prefix}{f.name}.")
-        else:
-            yield f"{prefix}{f.name}", f, hints[f.name]
-
-
-def get_path(config, dotted: str):
-    for part in dotted.split("."):
-        config = getattr(config, part)
-    return config
-
-
-def replace_paths(config, changes: dict):
-    """A copy of `config` with {"data.source": x, "lr": y} applied."""
-    nested: dict[str, dict] = {}
-    top = {}
-    for dotted, value in changes.items():
-        head, _, rest = dotted.partition(".")
-        if rest:
-            nested.setdefault(head, {})[rest] = value
-        else:
-            top[head] = value
-    for head, sub in nested.items():
-        top[head] = replace_paths(getattr(config, head), sub)
-    return dataclasses.replace(config, **top) if top else config

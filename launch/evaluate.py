@@ -77,10 +77,11 @@ def evaluate_checkpoint(
     from gpt_core import load_pretrained
 
     from .checkpoint import resolve_weights, run_dir_of
-    from .config import RUN_CONFIG_NAME, TrainConfig, replace_paths, saved_run_config
+    from .config import RUN_CONFIG_NAME, TrainConfig, saved_run_config
     from .data.batching import make_dataloader, make_dataset
     from .data.prepare import prepare_data
     from .data.splits import concat_splits
+    from .fields import replace_paths
     from .runtime import make_accelerator, rank_print
 
     accelerator = make_accelerator()

@@ -8,7 +8,8 @@ import typing
 
 import click
 
-from .config import TrainConfig, choices_of, flag_of, get_path, leaf_fields
+from .config import TrainConfig
+from .fields import choices_of, flag_of, get_path, leaf_fields
 
 
 def _without_none(annotation):
@@ -39,7 +40,7 @@ def config_options(defaults: TrainConfig, only: tuple[str, ...] | None = None, s
     """click options for the config fields (all, or those whose dotted name starts with one of `only`)."""
     options = [
         _click_option(dotted, f, annotation, get_path(defaults, dotted), show_default)
-        for dotted, f, annotation in leaf_fields()
+        for dotted, f, annotation in leaf_fields(TrainConfig)
         if only is None or dotted.startswith(only)
     ]
 

@@ -10,17 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import checkpoint as ckpt
-from .config import (
-    RUN_CONFIG_NAME,
-    TrainConfig,
-    flag_of,
-    get_path,
-    leaf_fields,
-    replace_paths,
-    saved_run_config,
-    smoke_config,
-)
+from .config import RUN_CONFIG_NAME, TrainConfig, saved_run_config, smoke_config
 from .errors import UserError
+from .fields import flag_of, get_path, leaf_fields, replace_paths
 from .summary import SUMMARY_NAME
 from .tracking import METRICS_NAME
 
@@ -89,6 +81,20 @@ def starting_point(cfg: TrainConfig, log=print) -> StartingPoint:
     return StartingPoint(resume_from, finished, end_only=bool(finished))
 
 
+def check_run_dir(run_dir: Path, create: bool = False) -> None:
+    """Fail early, in one line, when the run folder cannot be made (e.g. a path under a file); it is
+    created only once the data and model are ready, so a failed start leaves no empty folder."""
+    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    problem = None if existing.is_dir() else f"{existing} is a file"
+    if create and problem is None:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            problem = e.strerror
+    if problem:
+        raise UserError(f"cannot create the run folder {run_dir} ({problem}); choose another --output-dir")
+
+
 def holds_run(run_dir: Path) -> bool:
     return run_dir.is_dir() and any((run_dir / name).exists() for name in RUN_ARTEFACTS)
 
@@ -132,14 +138,18 @@ def for_next_session(saved: TrainConfig, defaults: TrainConfig) -> TrainConfig:
     """A run's saved settings, with the ones that belong to a single session back at their defaults."""
     return replace_paths(
         saved,
-        {dotted: get_path(defaults, dotted) for dotted, f, _ in leaf_fields() if f.metadata["on_resume"] == "session"},
+        {
+            dotted: get_path(defaults, dotted)
+            for dotted, f, _ in leaf_fields(TrainConfig)
+            if f.metadata["on_resume"] == "session"
+        },
     )
 
 
 def resume_changes(saved: TrainConfig, now: TrainConfig) -> dict[str, list[str]]:
     """What differs between a run's saved settings and these, grouped by resume policy."""
     grouped: dict[str, list[str]] = {"fixed": [], "warn": [], "free": [], "session": []}
-    for dotted, f, _ in leaf_fields():
+    for dotted, f, _ in leaf_fields(TrainConfig):
         before, after = get_path(saved, dotted), get_path(now, dotted)
         if before != after:
             grouped[f.metadata["on_resume"]].append(f"{flag_of(f)} {before!r} -> {after!r}")

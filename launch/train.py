@@ -33,7 +33,7 @@ from .errors import UserError
 from .evaluate import evaluate
 from .optim import build_optimizer, lr_at
 from .progress import progress
-from .resume import starting_point
+from .resume import check_run_dir, starting_point
 from .runtime import StopSignal, TrainingInterrupted, any_process, collective_errors, make_accelerator, rank_print
 from .state import (
     COMPLETED,
@@ -89,20 +89,6 @@ class Run:
 # ---------------------------------------------------------------------------------------------
 # Building a run
 # ---------------------------------------------------------------------------------------------
-def check_run_dir(run_dir: Path, create: bool = False) -> None:
-    """Fail early, in one line, when the run folder cannot be made (e.g. a path under a file); it is
-    created only once the data and model are ready, so a failed start leaves no empty folder."""
-    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
-    problem = None if existing.is_dir() else f"{existing} is a file"
-    if create and problem is None:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            problem = e.strerror
-    if problem:
-        raise UserError(f"cannot create the run folder {run_dir} ({problem}); choose another --output-dir")
-
-
 def build_run(cfg: TrainConfig, resume_from: Path | None) -> Run:
     from accelerate.utils import DataLoaderConfiguration, set_seed
 
@@ -124,7 +110,11 @@ def build_run(cfg: TrainConfig, resume_from: Path | None) -> Run:
     batch_size = cfg.batch_size or default_batch_size(accelerator.device.type)
     loaders = _make_loaders(cfg, accelerator, data, model_config.context_length, batch_size)
     model = GPT(model_config)
-    accelerator.print(f"model: preset {cfg.preset}, {model.num_params():,} parameters, norm={model_config.norm}")
+    source = f"from {cfg.init_from}" if cfg.init_from and not cfg.preset else f"preset {cfg.preset or 'paper'}"
+    accelerator.print(f"model: {source}, {model.num_params():,} parameters, norm={model_config.norm}")
+    if cfg.init_from and resume_from is None:
+        folder = ckpt.load_initial_weights(model, cfg.init_from)
+        accelerator.print(f"init: weights from {folder}; the optimizer, schedule and step start fresh")
     if cfg.compile:
         model = torch.compile(model)
     optimizer = build_optimizer(model, cfg, accelerator.device)
@@ -234,6 +224,8 @@ def train(cfg: TrainConfig) -> dict:
         run = build_run(cfg, start.checkpoint)
         if start.end_only:
             return finish_run(run, run.state.stop_reason())
+        if cfg.init_from and start.checkpoint is None:  # where fine-tuning starts from, before any step
+            validate(run, epoch=0, epoch_end=False)
         run.window = LossWindow(run.accelerator.device, run.state.tokens, cfg.log_every)
         reason = None
         run.progress = progress(

@@ -106,7 +106,7 @@ def tiny_run(out: Path, *extra, env=None, check=True, **kwargs):
     return run_cli(train_args(out, *extra), env=env, check=check, **kwargs)
 
 
-def invoke(*args, env=None, check=False, input=None):
+def invoke(*args, env=None, check=False, input=None, command=None):
     """A `gpt-launch` command in this process, through click's CliRunner: what a real process would
     print and exit with, without an interpreter's and torch's start-up (~3 s) per command."""
     from accelerate.state import AcceleratorState, GradientState
@@ -117,7 +117,7 @@ def invoke(*args, env=None, check=False, input=None):
     # Accelerate keeps its state in process-wide singletons: each command starts as a fresh process would.
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    result = CliRunner().invoke(cli, [str(a) for a in args], env=env, input=input)
+    result = CliRunner().invoke(command or cli, [str(a) for a in args], env=env, input=input)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception  # a bug, not a user error: keep its traceback
     if check and result.exit_code != 0:

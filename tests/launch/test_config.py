@@ -6,22 +6,15 @@ import click
 import pytest
 
 from launch.cli import cli, train_command
-from launch.config import (
-    SMOKE_DATA,
-    DataConfig,
-    TrainConfig,
-    flag_of,
-    leaf_fields,
-    replace_paths,
-    smoke_config,
-)
+from launch.config import SMOKE_DATA, DataConfig, TrainConfig, smoke_config
 from launch.errors import UserError
+from launch.fields import flag_of, leaf_fields, replace_paths
 
 
 def test_every_config_field_has_exactly_one_cli_option_and_back():
     command = train_command()
     options = {p.name: p for p in command.params if isinstance(p, click.Option)}
-    fields = {dotted.replace(".", "__"): f for dotted, f, _ in leaf_fields()}
+    fields = {dotted.replace(".", "__"): f for dotted, f, _ in leaf_fields(TrainConfig)}
     assert set(options) - {"smoke"} == set(fields), "a field without a flag, or a flag without a field"
     for name, f in fields.items():
         assert options[name].opts == [flag_of(f)] and options[name].help == f.metadata["help"]
@@ -72,7 +65,7 @@ def test_max_samples_zero_means_every_story():
 
 def test_one_seed():
     assert "seed" not in {f.name for f in dataclasses.fields(DataConfig)}
-    assert [dotted for dotted, _, _ in leaf_fields() if "seed" in dotted] == ["seed"]
+    assert [dotted for dotted, _, _ in leaf_fields(TrainConfig) if "seed" in dotted] == ["seed"]
 
 
 def test_the_paper_values_live_in_the_defaults_and_the_smoke_run_derives_from_them():

@@ -4,7 +4,8 @@ and what resuming may change is grouped by what it breaks."""
 import json
 import shutil
 
-from launch.config import TrainConfig, replace_paths
+from launch.config import TrainConfig
+from launch.fields import replace_paths
 from launch.resume import for_next_session, resume_changes
 from tests.helpers import invoke, train_here
 

@@ -4,10 +4,12 @@ this one (tests.helpers.train_here); the loop's state objects are tested in test
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
 from gpt_core import load_pretrained
+from launch.config import SMOKE_DATA, DataConfig
 from tests.helpers import REFERENCE, WANDB_SECRET, invoke, losses, records, run_cli, train_here
 
 
@@ -180,3 +182,111 @@ def test_tensorboard_tracker_writes_events(tmp_path):
     acc = EventAccumulator(str(events[0].parent))
     acc.Reload()
     assert "train/loss" in acc.Tags()["scalars"] and len(acc.Scalars("train/loss")) == 4
+
+
+# ---- --init-from: fine-tuning and continued pretraining --------------------------------------------
+def init_options(out, source, *extra):
+    """A short run from `source`'s weights on the smoke stories, its shape taken from `source`."""
+    return [
+        "train",
+        "--data",
+        SMOKE_DATA,
+        "--init-from",
+        source,
+        "--output-dir",
+        out,
+        "--data-cache",
+        Path(out).parent / "cache",
+        "--batch-size",
+        "2",
+        "--grad-accum",
+        "1",
+        "--max-steps",
+        "2",
+        "--sample-tokens",
+        "4",
+        "--log-every",
+        "1",
+        *extra,
+    ]
+
+
+def test_init_from_a_transformers_gpt2_folder_starts_at_step_0_from_its_loss(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    import torch
+    import torch.nn.functional as F
+
+    from launch.data.batching import PackedDataset
+    from launch.data.prepare import prepare_data
+
+    shape = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=32, vocab_size=50257)
+    torch.manual_seed(0)
+    source = transformers.GPT2LMHeadModel(shape).eval()
+    source.save_pretrained(tmp_path / "gpt2-copy")  # as a local copy of `gpt2` would be saved
+    out = tmp_path / "run"
+    result = invoke(*init_options(out, tmp_path / "gpt2-copy", "--eval-batches", "2"), check=True)
+    assert "init: weights from" in result.stdout and "start fresh" in result.stdout
+    first = records(out, "eval")[0]
+    assert first["step"] == 0 and [r["step"] for r in records(out, "train")] == [1, 2]
+    assert json.loads((out / "train_config.json").read_text())["init_from"] == str(tmp_path / "gpt2-copy")
+    # the run's first evaluation: transformers' own loss on the same validation rows (2 batches of 2)
+    split = prepare_data(DataConfig(source=str(SMOKE_DATA), cache_dir=str(tmp_path / "cache")), log=lambda *_: None)
+    rows = PackedDataset(split.splits["validation"], 32)
+    x = torch.stack([rows[i][0] for i in range(4)])
+    y = torch.stack([rows[i][1] for i in range(4)])
+    with torch.no_grad():
+        expected = F.cross_entropy(source(x).logits.flatten(0, 1), y.flatten()).item()
+    assert first["loss"] == pytest.approx(expected, rel=1e-5) and first["tokens"] == 4 * 32
+
+
+def test_init_from_a_run_takes_its_best_weights_and_a_fresh_schedule(tmp_path, finished_run):
+    out = tmp_path / "run"
+    invoke(*init_options(out, finished_run, "--lr", "1e-3", "--warmup-steps", "2"), check=True)
+    best = json.loads((finished_run / "summary.json").read_text())["best_validation"]
+    first = records(out, "eval")[0]
+    # every validation row, as the run itself validated: the same rows and the same weights
+    assert first["step"] == 0 and first["loss"] == pytest.approx(best["loss"], rel=1e-6)
+    assert [r["lr"] for r in records(out, "train")] == pytest.approx([5e-4, 1e-3])  # warmup from step 0 again
+
+
+def test_init_from_another_architecture_is_one_line_naming_what_differs(tmp_path, finished_run):
+    result = invoke(*init_options(tmp_path / "run", finished_run, "--preset", "small"))
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert result.exit_code == 2 and len(errors) == 1, result.stderr
+    assert "is another architecture" in errors[0] and "d_model 32 there, 128 here" in errors[0]
+
+
+def test_the_fine_tuning_recipe_continues_a_run_on_other_stories(tmp_path, finished_run):
+    import importlib.util
+
+    from tests.helpers import REPO, make_stories, write_jsonl
+
+    spec = importlib.util.spec_from_file_location("finetune", REPO / "recipes" / "finetune.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    from launch.cli import train_command
+
+    command = train_command(recipe.RECIPE, name="finetune", needs=("init_from",))
+    refused = invoke("--output-dir", tmp_path / "none", command=command)
+    assert refused.exit_code == 2 and "finetune needs --init-from" in refused.stderr
+    other = write_jsonl(tmp_path / "other.jsonl", make_stories(120, seed=3))
+    out = tmp_path / "run"
+    invoke(
+        "--init-from",
+        finished_run,
+        "--data",
+        other,
+        "--output-dir",
+        out,
+        "--data-cache",
+        tmp_path / "cache",
+        "--max-steps",
+        "3",
+        "--sample-tokens",
+        "4",
+        command=command,
+        check=True,
+    )
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["lr"] == 5e-5 and saved["init_from"] == str(finished_run) and saved["data"]["max_samples"] is None
+    assert records(out, "eval")[0]["step"] == 0 and json.loads((out / "summary.json").read_text())["steps"] == 3

@@ -1,0 +1,95 @@
+"""The machinery of a setting: a dataclass field that carries its CLI flag, help text, resume
+policy and bounds, checked in one place, and the walk over nested settings that the CLI's options
+and the resume checks both use. The settings themselves are in config.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import field
+from typing import Literal
+
+from .errors import UserError
+
+
+def setting(
+    default=None, help="", *, flag=None, on_resume="warn", at_least=None, above=None, at_most=None, factory=None
+):
+    """A dataclass field carrying its CLI flag, help text, resume policy and bounds."""
+    meta = {
+        "help": help,
+        "flag": flag,
+        "on_resume": on_resume,
+        "at_least": at_least,
+        "above": above,
+        "at_most": at_most,
+    }
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def choices_of(annotation) -> tuple | None:
+    """('a', 'b') for Literal['a', 'b'] (also inside `| None`), else None."""
+    if typing.get_origin(annotation) is Literal:
+        return typing.get_args(annotation)
+    for arg in typing.get_args(annotation):
+        if typing.get_origin(arg) is Literal:
+            return typing.get_args(arg)
+    return None
+
+
+def check_fields(config) -> None:
+    """Check every field against its type's choices and its declared bounds; one line per problem."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value, flag = getattr(config, f.name), flag_of(f)
+        if value is None or dataclasses.is_dataclass(value):
+            continue
+        choices = choices_of(hints[f.name])
+        if choices and value not in choices:
+            raise UserError(f"{flag} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        if f.metadata.get("at_least") is not None and value < f.metadata["at_least"]:
+            raise UserError(f"{flag} must be >= {f.metadata['at_least']}, got {value}")
+        if f.metadata.get("above") is not None and not value > f.metadata["above"]:
+            raise UserError(f"{flag} must be > {f.metadata['above']}, got {value}")
+        if f.metadata.get("at_most") is not None and value > f.metadata["at_most"]:
+            raise UserError(f"{flag} must be <= {f.metadata['at_most']:,}, got {value:,}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Walking the fields: the CLI's options and the resume checks both come from here
+# ---------------------------------------------------------------------------------------------
+def leaf_fields(cls, prefix: str = ""):
+    """(dotted name, field, type) for every setting, nested DataConfig fields included."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from leaf_fields(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f, hints[f.name]
+
+
+def get_path(config, dotted: str):
+    for part in dotted.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def replace_paths(config, changes: dict):
+    """A copy of `config` with {"data.source": x, "lr": y} applied."""
+    nested: dict[str, dict] = {}
+    top = {}
+    for dotted, value in changes.items():
+        head, _, rest = dotted.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            top[head] = value
+    for head, sub in nested.items():
+        top[head] = replace_paths(getattr(config, head), sub)
+    return dataclasses.replace(config, **top) if top else config
