@@ -128,9 +128,10 @@ class TrainConfig:
         None, "Dropout [default: the preset's, 0.1 for paper].", on_resume="fixed", at_least=0
     )
     # ---- batches ----
-    layout: Literal["packed", "padded"] = setting(
+    layout: Literal["packed", "padded", "documents"] = setting(
         "packed",
-        "packed: stories concatenated into full rows (no padding); padded: one story per row (the paper's).",
+        "packed: stories concatenated into full rows (no padding); padded: one story per row, truncated (the "
+        "paper's); documents: each story alone after <|endoftext|>, in windows (lm-evaluation-harness's framing).",
         on_resume="fixed",
     )
     batch_size: int | None = setting(

@@ -71,10 +71,51 @@ class PaddedDataset(Dataset):
         return torch.from_numpy(x), torch.from_numpy(y)
 
 
+class DocumentsDataset(Dataset):
+    """Each story scored on its own, as lm-evaluation-harness scores a document: every token of its
+    text predicted once, the first after <|endoftext|>, its closing separator not; a story longer
+    than the context is scored in windows, each after as many earlier tokens as fit (the harness's
+    rolling windows with context_len 1). Positions a window does not predict are IGNORE_INDEX."""
+
+    def __init__(self, split: TokenSplit, context: int):
+        self.split, self.context = split, context
+        text_lengths = split.story_lengths - 1  # the closing <|endoftext|> is not text
+        self.windows = []  # (story, end of the window's targets, targets in it)
+        for story, length in enumerate(text_lengths.tolist()):
+            done = min(context, length)
+            self.windows.append((story, done, done))
+            while done < length:
+                step = min(length - done, context)
+                done += step
+                self.windows.append((story, done, step))
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int):
+        x, y = self.__getitems__([i])
+        return x[0], y[0]
+
+    def __getitems__(self, rows):
+        x = np.full((len(rows), self.context), EOT_ID, dtype=np.int64)
+        y = np.full((len(rows), self.context), IGNORE_INDEX, dtype=np.int64)
+        for r, i in enumerate(rows):
+            story, end, count = self.windows[i]
+            start = int(self.split.offsets[story])
+            text = np.asarray(self.split.tokens[start : start + end], dtype=np.int64)
+            history = np.concatenate([[EOT_ID], text])[max(0, end - self.context) : end]  # what precedes each target
+            x[r, : len(history)] = history
+            y[r, len(history) - count : len(history)] = text[end - count : end]
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+
+LAYOUTS = {"packed": PackedDataset, "padded": PaddedDataset, "documents": DocumentsDataset}
+
+
 def make_dataset(split: TokenSplit, context: int, layout: str) -> Dataset:
-    if layout not in ("packed", "padded"):
-        raise UserError(f"--layout must be packed or padded, got {layout!r}")
-    return PackedDataset(split, context) if layout == "packed" else PaddedDataset(split, context)
+    if layout not in LAYOUTS:
+        raise UserError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    return LAYOUTS[layout](split, context)
 
 
 class EpochShuffleSampler(Sampler):

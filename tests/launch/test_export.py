@@ -110,3 +110,65 @@ def test_stock_transformers_loads_the_export_offline(exported, wandb_offline_run
     )
     story = transformers.pipeline("text-generation", model=str(exported))("Once upon a time", max_new_tokens=8)
     assert story[0]["generated_text"].startswith("Once upon a time") and len(story[0]["generated_text"]) > 16
+
+
+def test_lm_evaluation_harness_scores_the_export_as_evaluate_does(exported, tmp_path):
+    """recipes/lm_eval/tinystories.yaml on local stories, through the real `lm_eval` command, against
+    `gpt-launch evaluate --layout documents` on the same stories: bits per byte agree."""
+    pytest.importorskip("lm_eval")
+    from launch.config import SMOKE_DATA
+    from tests.helpers import REPO
+
+    stories = [json.loads(line)["text"].strip() for line in SMOKE_DATA.read_text().splitlines()]
+    data = tmp_path / "stories.jsonl"
+    data.write_text("".join(json.dumps({"text": s}) + "\n" for s in stories))
+    task = (REPO / "recipes" / "lm_eval" / "tinystories.yaml").read_text()
+    (tmp_path / "task").mkdir()
+    (tmp_path / "task" / "tinystories.yaml").write_text(
+        task.replace("../shared/data/tinystories/tinystories_valid_first1000.jsonl.gz", str(data))
+    )
+    offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    run_cli(
+        [
+            "lm_eval",
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={exported},dtype=float32",
+            "--device",
+            "cpu",
+            "--include_path",
+            tmp_path / "task",
+            "--tasks",
+            "tinystories_local",
+            "--batch_size",
+            "8",
+            "--output_path",
+            tmp_path / "results",
+        ],
+        env=offline,
+        timeout=300,
+    )
+    results = json.loads(next((tmp_path / "results").rglob("results_*.json")).read_text())["results"]
+    harness = results["tinystories_local"]["bits_per_byte,none"]
+    ours = tmp_path / "ours.json"
+    invoke(
+        "evaluate",
+        exported,
+        "--data",
+        data,
+        "--max-samples",
+        "0",
+        "--split",
+        "all",
+        "--layout",
+        "documents",
+        "--data-cache",
+        tmp_path / "cache",
+        "--json-out",
+        ours,
+        check=True,
+    )
+    measured = json.loads(ours.read_text())
+    assert measured["tokens"] > len(stories) * 32  # stories past the context: scored in windows
+    assert measured["bits_per_byte"] == pytest.approx(harness, rel=1e-3)

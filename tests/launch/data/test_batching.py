@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from gpt_core import EOT_ID, IGNORE_INDEX
-from launch.data.batching import EpochShuffleSampler, PackedDataset, PaddedDataset, make_dataloader
+from launch.data.batching import DocumentsDataset, EpochShuffleSampler, PackedDataset, PaddedDataset, make_dataloader
 from launch.data.splits import TokenSplit
 from launch.errors import UserError
 from tests.helpers import write_jsonl
@@ -24,6 +24,21 @@ def test_packed_rows_are_shifted_windows_covering_every_transition():
     stream = torch.from_numpy(split.tokens.astype(np.int64))
     assert torch.equal(torch.cat(xs), stream[:32]) and torch.equal(torch.cat(ys), stream[1:33])
     assert all(x.shape == (8,) and x.dtype == torch.long for x in xs)
+
+
+def test_document_rows_score_each_story_alone_in_rolling_windows():
+    split = split_of([4, 11])  # texts of 3 and 10 tokens, each followed by <|endoftext|>
+    ds = DocumentsDataset(split, 4)
+    assert len(ds) == 1 + 3  # 3 tokens fit one window; 10 take 4 + 4 + 2
+    rows = [tuple(t.tolist() for t in ds[i]) for i in range(len(ds))]
+    first, second = [1, 2, 3], [101 + i for i in range(10)]
+    pad = IGNORE_INDEX
+    assert rows[0] == ([EOT_ID, 1, 2, EOT_ID], [1, 2, 3, pad])  # after <|endoftext|>; its own end not predicted
+    assert rows[1] == ([EOT_ID, *second[:3]], second[:4])
+    assert rows[2] == (second[3:7], second[4:8])  # each window after the tokens just before it
+    assert rows[3] == (second[5:9], [pad, pad, *second[8:10]])  # the last: the context full, 2 targets
+    targets = [t for _, y in rows for t in y if t != pad]
+    assert targets == first + second  # every token of every text, once
 
 
 def test_padded_rows_mask_padding_and_count_truncation():
