@@ -139,6 +139,33 @@ def losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in records(run_dir, "train")}
 
 
+def deepspeed_run(config: str, out: Path, *extra, processes: int = 2, precision: str = "no") -> list[str]:
+    """`accelerate launch` of the tiny smoke recipe under a shipped DeepSpeed config."""
+    return [
+        "accelerate",
+        "launch",
+        "--config_file",
+        config,
+        "--num_processes",
+        str(processes),
+        "--mixed_precision",
+        precision,
+        "recipes/tinystories.py",
+        "--smoke",
+        "--preset",
+        "tiny",
+        "--max-steps",
+        "4",
+        "--output-dir",
+        str(out),
+        "--data-cache",
+        str(Path(out).parent / "cache"),
+        "--sample-tokens",
+        "8",
+        *map(str, extra),
+    ]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

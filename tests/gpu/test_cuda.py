@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt_core import GPT, generate, get_preset
-from tests.helpers import records, run_cli, tiny_run
+from tests.helpers import deepspeed_run, records, run_cli, tiny_run
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -82,30 +82,8 @@ def test_compile_trains_close_to_eager(tmp_path):
 def test_deepspeed_on_one_gpu_pauses_and_resumes(tmp_path, stage):
     pytest.importorskip("deepspeed")
     out = tmp_path / "run"
-    args = [
-        "accelerate",
-        "launch",
-        "--config_file",
-        f"launch/deepspeed_zero{stage}.yaml",
-        "--num_processes",
-        "1",
-        "--mixed_precision",
-        "bf16",
-        "recipes/tinystories.py",
-        "--smoke",
-        "--preset",
-        "tiny",
-        "--max-steps",
-        "4",
-        "--output-dir",
-        out,
-        "--data-cache",
-        tmp_path / "cache",
-        "--sample-tokens",
-        "8",
-        "--log-every",
-        "1",
-    ]
+    config = f"launch/deepspeed_zero{stage}.yaml"
+    args = deepspeed_run(config, out, "--log-every", "1", processes=1, precision="bf16")
     run_cli(args + ["--stop-after-steps", "2"])
     run_cli(args + ["--resume", "auto"])
     summary = json.loads((out / "summary.json").read_text())

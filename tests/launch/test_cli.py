@@ -176,6 +176,7 @@ def test_evaluate_two_processes_match_one(run_dir, tmp_path):
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-6) and two["accuracy"] == pytest.approx(one["accuracy"])
 
 
+@pytest.mark.slow
 def test_info_for_preset_and_checkpoint(run_dir):
     paper = invoke("info", "--preset", "paper", "--measure-steps", "1")
     assert paper.exit_code == 0 and "44,645,888" in paper.output and "FLOPs per token" in paper.output

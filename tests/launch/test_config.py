@@ -23,7 +23,7 @@ def test_every_config_field_has_exactly_one_cli_option_and_back():
 
 def test_choices_come_from_the_literal_types():
     options = {p.name: p for p in train_command().params}
-    assert list(options["layout"].type.choices) == ["packed", "padded"]
+    assert list(options["layout"].type.choices) == ["packed", "padded", "documents"]
     assert list(options["data__split_mode"].type.choices) == ["paper", "shuffle", "source"]
     assert list(options["tracker"].type.choices) == ["none", "wandb", "tensorboard"]
     assert options["betas"].nargs == 2 and options["prompts"].multiple
@@ -35,7 +35,7 @@ def test_choices_come_from_the_literal_types():
         ({"batch_size": 0}, "--batch-size must be >= 1, got 0"),
         ({"lr": -1.0}, "--lr must be > 0"),
         ({"tracker": "mlflow"}, "--tracker must be one of none, wandb, tensorboard"),
-        ({"layout": "ragged"}, "--layout must be one of packed, padded"),
+        ({"layout": "ragged"}, "--layout must be one of packed, padded, documents"),
         ({"grad_accum": 0}, "--grad-accum must be >= 1"),
         ({"max_minutes": 0}, "--max-minutes must be > 0"),
         ({"mixed_precision": "fp8"}, "--mixed-precision must be one of no, fp16, bf16"),

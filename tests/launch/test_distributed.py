@@ -12,7 +12,18 @@ import pytest
 import torch
 
 from launch.config import SMOKE_DATA
-from tests.helpers import PYTHON, child_env, free_port, invoke, launch_two, losses, records, run_cli, tiny_run_options
+from tests.helpers import (
+    PYTHON,
+    child_env,
+    deepspeed_run,
+    free_port,
+    invoke,
+    launch_two,
+    losses,
+    records,
+    run_cli,
+    tiny_run_options,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -37,33 +48,6 @@ def test_two_processes_split_the_data_and_agree(tmp_path):
     ]
     assert steps == sorted(set(steps)), "one set of logs, written once"
     assert json.loads((run / "summary.json").read_text())["hardware"]["processes"] == 2
-
-
-def deepspeed_run(config: str, out: Path, *extra) -> list[str]:
-    """The tiny smoke recipe on two CPU processes under a shipped DeepSpeed config."""
-    return [
-        "accelerate",
-        "launch",
-        "--config_file",
-        config,
-        "--num_processes",
-        "2",
-        "--mixed_precision",
-        "no",
-        "recipes/tinystories.py",
-        "--smoke",
-        "--preset",
-        "tiny",
-        "--max-steps",
-        "4",
-        "--output-dir",
-        str(out),
-        "--data-cache",
-        str(out.parent / "cache"),
-        "--sample-tokens",
-        "8",
-        *extra,
-    ]
 
 
 def test_deepspeed_zero2_on_two_cpu_processes(tmp_path):

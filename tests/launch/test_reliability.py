@@ -223,6 +223,7 @@ def test_unreachable_hub_with_no_local_data(tmp_path):
     one_error_line(proc, "cannot reach the Hugging Face hub")
 
 
+@pytest.mark.slow
 def test_resuming_with_another_model_config_is_refused(paused_run, tmp_path):
     proc = run_cli(train_args(paused_run, "--resume", "auto", "--preset", "small"), check=False)
     one_error_line(proc, "--preset 'tiny' -> 'small'")
@@ -300,6 +301,7 @@ def test_failed_runs_leave_no_output_folder(tmp_path):
 
 
 # ---- determinism ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_same_seed_same_losses_bit_for_bit(tmp_path, straight):
     train(tmp_path / "again", *REFERENCE)
     assert losses(tmp_path / "again") == straight

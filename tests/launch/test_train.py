@@ -63,6 +63,7 @@ def test_recipe_smoke_run_end_to_end_with_wandb_offline(tmp_path):
         assert noise not in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_resume_with_dropout_continues_bit_for_bit(tmp_path, reference_run, monkeypatch):
     """A paused run resumed with nothing but `--resume auto --output-dir`: the run's own settings
     come back, and it logs the same losses, lr, evaluations and test as one that never stopped."""
@@ -83,6 +84,7 @@ def test_resume_with_dropout_continues_bit_for_bit(tmp_path, reference_run, monk
     assert records(out, "test") == records(reference_run, "test")
 
 
+@pytest.mark.slow
 def test_resume_mid_epoch_lands_on_the_next_batch(tmp_path, reference_run):
     # 7 micro-batches per epoch, accumulation 2: a pause after step 2 is 4 batches into epoch 1
     out = tmp_path / "resumed"
