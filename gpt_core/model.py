@@ -14,6 +14,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .config import GPTConfig
 from .fused import FastDecodeLinear, OutputHead
@@ -139,6 +140,9 @@ class GPT(nn.Module):
         # With N(0, 0.02) weights a raw embedding is ~50x smaller than the +-1 sinusoids and would be
         # drowned by them; scaling by sqrt(d_model), as Vaswani et al. do, puts the two on a par.
         self.embed_scale = math.sqrt(config.d_model) if config.embed_scale else 1.0
+        # Recompute each block in the backward pass instead of keeping its activations: memory for
+        # time. torch.utils.checkpoint restores the RNG state, so dropout draws the same masks again.
+        self.activation_checkpointing = False
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -176,8 +180,9 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {start + T} tokens exceeds the context length {self.config.context_length}")
         x = self.embed(idx) * self.embed_scale + self.position_table()[start : start + T]
         x = self.dropout(x)
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for block in self.blocks:
-            x = block(x, cache)
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x, cache)
         if cache is not None:
             cache.length += T
         x = self.final_norm(x)

@@ -280,13 +280,19 @@ def export(run_dir, out, license_, repo, private):
 @click.option("--gen-tokens", type=int, default=300, help="Tokens generated for the KV-cache comparison.")
 @click.option("--compile", is_flag=True, help="Measure our model under torch.compile.")
 @click.option(
+    "--activation-checkpointing",
+    "recomputing",
+    is_flag=True,
+    help="Also measure ours with --activation-checkpointing: its peak memory and its cost in time.",
+)
+@click.option(
     "--json",
     "json_out",
     default=None,
     help="Also write the figures as one JSON object to this file ('-': stdout only).",
 )
 @user_errors_exit
-def bench(baselines, json_out, **settings):
+def bench(baselines, recomputing, json_out, **settings):
     """Measure training throughput (useful tokens/s, MFU against the measured matmul peak, peak memory),
     evaluation, KV-cache generation and data preparation on this device, against transformers' GPT-2
     when it is installed. (The paper's recipe as written: `python -m benchmarks.paper_recipe`.)"""
@@ -295,7 +301,9 @@ def bench(baselines, json_out, **settings):
 
     quiet = json_out == "-"
     result = run_bench(
-        BenchSettings(**settings), default_implementations(baselines), progress=lambda m: click.echo(m, err=True)
+        BenchSettings(**settings),
+        default_implementations(baselines, recomputing),
+        progress=lambda m: click.echo(m, err=True),
     )
     click.echo(json.dumps(result) if quiet else format_table(result))
     if json_out and not quiet:

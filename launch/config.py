@@ -143,7 +143,14 @@ class TrainConfig:
     lr: float = setting(2e-4, "Peak AdamW learning rate.", above=0)
     betas: tuple[float, float] = setting((0.9, 0.95), "AdamW betas (two numbers).")
     weight_decay: float = setting(0.01, "AdamW weight decay (matrices only).", at_least=0)
-    warmup_steps: int = setting(500, "Linear warmup, in optimizer steps, before cosine decay.", at_least=0)
+    warmup_steps: int = setting(500, "Linear warmup, in optimizer steps, before the schedule.", at_least=0)
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = setting(
+        "cosine",
+        "After warmup: cosine or linear decay to --min-lr, constant, or wsd (warmup-stable-decay: "
+        "constant, then a linear decay over the last --decay-fraction of the steps).",
+    )
+    min_lr: float = setting(0.0, "The learning rate the decay ends at (the paper: 0).", at_least=0)
+    decay_fraction: float = setting(0.2, "wsd: the share of the steps after warmup spent decaying.", above=0, at_most=1)
     grad_clip: float = setting(1.0, "Clip the gradient norm to this value.", above=0)
     # The run's planned length (the LR schedule spans it): epochs, cut by these if given.
     max_steps: int | None = setting(None, "Cap the run at N optimizer steps (the schedule spans the cap).", at_least=1)
@@ -209,6 +216,19 @@ class TrainConfig:
         None, "Override the Accelerate config's precision [default: as launched; fp32 on CPU]."
     )
     compile: bool = setting(False, "torch.compile the model (faster on GPU after a warm-up).", on_resume="free")
+    profile_steps: int | None = setting(
+        None,
+        "Write a torch.profiler trace of N optimizer steps (after 2 warm-up steps) to RUN/profile/ and print "
+        "the top operators; those steps are left out of tokens/s.",
+        on_resume="session",
+        at_least=1,
+    )
+    activation_checkpointing: bool = setting(
+        False,
+        "Recompute each block in the backward pass: less memory for a bigger batch or context, ~1/3 more "
+        "compute; the same losses.",
+        on_resume="free",
+    )
     collective_timeout: float = setting(
         1800,
         "Seconds a process waits for the others in one collective (gradient all-reduce, barrier, the first "
@@ -232,6 +252,8 @@ class TrainConfig:
             raise UserError(
                 f"--betas must be two numbers in [0, 1), got {' '.join(map(str, self.betas))}; e.g. 0.9 0.95"
             )
+        if self.min_lr > self.lr:
+            raise UserError(f"--min-lr {self.min_lr} is above --lr {self.lr}; the decay goes down to it")
         if not self.output_dir.strip():
             raise UserError("--output-dir is empty; name the run's folder, e.g. --output-dir runs/mine")
         self.model_config()  # an unknown preset or an impossible model fails here, before any work

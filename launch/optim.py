@@ -10,11 +10,25 @@ from .config import TrainConfig
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
-    """Linear warmup over `warmup_steps` optimizer steps, then cosine annealing to 0 at total_steps."""
+    """The learning rate of update `step` (from 0): a linear warmup over `warmup_steps`, then
+    cfg.schedule from cfg.lr down to cfg.min_lr at total_steps (the paper: cosine to 0).
+
+    wsd (warmup-stable-decay) holds cfg.lr until the last `decay_fraction` of the steps, then decays
+    linearly: a run can be extended (a larger --max-steps on --resume) before its decay begins,
+    without redoing any of it.
+    """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    progress = min((step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps), 1.0)
+    span = cfg.lr - cfg.min_lr
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "linear":
+        return cfg.min_lr + span * (1.0 - progress)
+    if cfg.schedule == "wsd":
+        stable = 1.0 - cfg.decay_fraction
+        return cfg.lr if progress < stable else cfg.min_lr + span * (1.0 - progress) / cfg.decay_fraction
+    return cfg.min_lr + span * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:

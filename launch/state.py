@@ -193,6 +193,10 @@ class LossWindow:
         self.count, self.start, self.start_tokens = 0, time.perf_counter(), tokens
         return mean, tokens_per_s
 
+    def restart(self, tokens: int) -> None:
+        """Start the time and token count again from here (e.g. after profiled steps)."""
+        self.start, self.start_tokens = time.perf_counter(), tokens
+
     @contextlib.contextmanager
     def paused(self):
         began = time.perf_counter()

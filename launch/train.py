@@ -32,6 +32,7 @@ from .data.prepare import PreparedData, prepare_data
 from .errors import UserError
 from .evaluate import evaluate
 from .optim import build_optimizer, lr_at
+from .profiling import StepProfiler
 from .progress import progress
 from .resume import check_run_dir, starting_point
 from .runtime import StopSignal, TrainingInterrupted, any_process, collective_errors, make_accelerator, rank_print
@@ -69,6 +70,7 @@ class Run:
     tokens: TokenCount | None = None
     log: RunLog | None = None
     window: LossWindow | None = None
+    profiler: StepProfiler | None = None
     progress: object = None
     grad_norm: torch.Tensor | None = None
     session_start_step: int = 0
@@ -115,6 +117,7 @@ def build_run(cfg: TrainConfig, resume_from: Path | None) -> Run:
     if cfg.init_from and resume_from is None:
         folder = ckpt.load_initial_weights(model, cfg.init_from)
         accelerator.print(f"init: weights from {folder}; the optimizer, schedule and step start fresh")
+    model.activation_checkpointing = cfg.activation_checkpointing
     if cfg.compile:
         model = torch.compile(model)
     optimizer = build_optimizer(model, cfg, accelerator.device)
@@ -227,6 +230,7 @@ def train(cfg: TrainConfig) -> dict:
         if cfg.init_from and start.checkpoint is None:  # where fine-tuning starts from, before any step
             validate(run, epoch=0, epoch_end=False)
         run.window = LossWindow(run.accelerator.device, run.state.tokens, cfg.log_every)
+        run.profiler = StepProfiler(cfg.profile_steps, run.run_dir, run.state.step)
         reason = None
         run.progress = progress(
             run.total_steps, "train", "step", run.state.step, enabled=run.accelerator.is_local_main_process
@@ -281,6 +285,9 @@ def after_step(run: Run, stop_signal: StopSignal, epoch_end: bool) -> StopReason
     cfg, state = run.cfg, run.state
     epoch = state.epoch - 1 if epoch_end else state.epoch  # the epoch this update belongs to
     run.progress.update(1)
+    if run.profiler.after_update(state.step, run.say):
+        run.tokens.settle(state)
+        run.window.restart(state.tokens)
     if run.window.should_log(state.step):
         log_training(run, epoch)
     last_step = state.step >= run.total_steps or state.epoch >= cfg.epochs
@@ -376,6 +383,8 @@ def finish_run(run: Run, reason: StopReason) -> dict:
     from .finish import test_and_summarise
 
     run.tokens.settle(run.state)
+    if run.profiler is not None:
+        run.profiler.close()
     if reason.finished:
         summary = test_and_summarise(run, str(reason))
     else:

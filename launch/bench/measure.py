@@ -82,8 +82,23 @@ def _step_ours(model, optimizer, batches, precision: Precision) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
+def _build_ours_recomputing(config: GPTConfig, device: torch.device, recipe: TrainConfig):
+    model, optimizer = _build_ours(config, device, recipe)
+    model.activation_checkpointing = True
+    return model, optimizer
+
+
 OURS = Implementation("gpt_core GPT: packed rows, SDPA, fused AdamW, no host sync", _build_ours, _step_ours)
-BUILT_IN = {"ours": "launch.bench.measure:OURS", "hf_gpt2": "launch.bench.baselines:HF_GPT2"}
+OURS_RECOMPUTING = Implementation(
+    "ours with --activation-checkpointing: each block recomputed in the backward pass",
+    _build_ours_recomputing,
+    _step_ours,
+)
+BUILT_IN = {
+    "ours": "launch.bench.measure:OURS",
+    "ours_ckpt": "launch.bench.measure:OURS_RECOMPUTING",
+    "hf_gpt2": "launch.bench.baselines:HF_GPT2",
+}
 
 
 def plain_adamw(model: torch.nn.Module, recipe: TrainConfig) -> torch.optim.AdamW:
@@ -96,10 +111,13 @@ def resolve(reference: str) -> Implementation:
     return getattr(importlib.import_module(module), name)
 
 
-def default_implementations(compare: bool = True) -> dict[str, str]:
-    """Ours, and transformers' GPT-2 when `compare` and transformers is installed."""
-    with_hf = compare and importlib.util.find_spec("transformers") is not None
-    return {k: v for k, v in BUILT_IN.items() if k == "ours" or with_hf}
+def default_implementations(compare: bool = True, recomputing: bool = False) -> dict[str, str]:
+    """Ours; ours with activation checkpointing when `recomputing`; transformers' GPT-2 when
+    `compare` and transformers is installed."""
+    wanted = {"ours", *(["ours_ckpt"] if recomputing else [])}
+    if compare and importlib.util.find_spec("transformers") is not None:
+        wanted.add("hf_gpt2")
+    return {k: v for k, v in BUILT_IN.items() if k in wanted}
 
 
 # ---------------------------------------------------------------------------------------------

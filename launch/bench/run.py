@@ -86,6 +86,7 @@ def run_bench(settings: BenchSettings, implementations: dict[str, str] | None = 
         row["mfu"] = row["tokens_per_s"] * result["flops_per_token"] / peak
         if row is not ours:
             row["ours_speedup"] = ours["tokens_per_s"] / row["tokens_per_s"]
+            row["memory_vs_ours"] = row["peak_memory_mb"] / ours["peak_memory_mb"]
     evaluation = interleaved(spec, {k: (v, {}) for k, v in EVALUATIONS.items()}, s.rounds, "evaluating", progress)
     for row in evaluation.values():
         row["vs_training"] = row["tokens_per_s"] / ours["tokens_per_s"]
@@ -122,13 +123,15 @@ def format_table(r: dict) -> str:
         f"measured {r['precision']} matmul peak: {r['matmul_peak_tflops'] * 1e3:,.1f} GFLOP/s; "
         f"{r['flops_per_token'] / 1e6:,.0f} MFLOP per trained token",
         "",
-        f"{'training':<10} {'useful tok/s':>13} {'MFU':>7} {'peak MB':>9} {'padding':>8} {'ours is':>9}",
+        f"{'training':<10} {'useful tok/s':>13} {'MFU':>7} {'peak MB':>9} {'padding':>8} {'ours is':>9} "
+        f"{'memory vs ours':>15}",
     ]
     for kind, row in r["training"].items():
         speedup = f"{row['ours_speedup']:.2f}x" if "ours_speedup" in row else "-"
+        memory = f"{row['memory_vs_ours']:.2f}x" if "memory_vs_ours" in row else "-"
         lines.append(
             f"{kind:<10} {row['tokens_per_s']:>13,.1f} {row['mfu']:>7.1%} {row['peak_memory_mb']:>9,.0f} "
-            f"{row['padding_fraction']:>8.1%} {speedup:>9}"
+            f"{row['padding_fraction']:>8.1%} {speedup:>9} {memory:>15}"
         )
     lines += ["", f"{'evaluation':<17} {'tok/s':>10} {'vs training':>12} {'peak MB':>9} {'vs training':>12}"]
     for kind, row in r["evaluation"].items():

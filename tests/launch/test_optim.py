@@ -1,14 +1,66 @@
-"""launch/optim.py: the learning-rate schedule."""
+"""launch/optim.py: the learning-rate schedules, against their formulas, through a resume."""
+
+import math
 
 import pytest
 
 from launch.config import TrainConfig
 from launch.optim import lr_at
+from tests.helpers import records, train_here
 
 
-def test_schedule_warms_up_then_anneals():
+def expected_lr(schedule: str, step: int, lr=1e-3, min_lr=1e-4, warmup=2, total=10, decay_fraction=0.25) -> float:
+    """Each schedule written out on its own, for update `step` (from 0)."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    p = min((step - warmup) / (total - warmup), 1.0)
+    return {
+        "cosine": min_lr + (lr - min_lr) * (1 + math.cos(math.pi * p)) / 2,
+        "linear": lr - (lr - min_lr) * p,
+        "constant": lr,
+        "wsd": lr if p < 1 - decay_fraction else lr - (lr - min_lr) * (p - (1 - decay_fraction)) / decay_fraction,
+    }[schedule]
+
+
+def test_the_paper_schedule_warms_up_then_anneals_to_zero():
     cfg = TrainConfig(lr=1e-3, warmup_steps=10)
     assert lr_at(0, cfg, 100) == pytest.approx(1e-4)
     assert lr_at(9, cfg, 100) == pytest.approx(1e-3)
     assert lr_at(55, cfg, 100) == pytest.approx(5e-4)
     assert lr_at(100, cfg, 100) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant", "wsd"])
+def test_each_schedule_follows_its_formula_at_every_step_through_a_resume(tmp_path, schedule):
+    out = tmp_path / "run"
+    options = [
+        "--schedule",
+        schedule,
+        "--lr",
+        "1e-3",
+        "--min-lr",
+        "1e-4",
+        "--warmup-steps",
+        "2",
+        "--max-steps",
+        "10",
+        "--decay-fraction",
+        "0.25",
+        "--log-every",
+        "1",
+        "--eval-every",
+        "100",
+    ]
+    train_here(out, *options, "--stop-after-steps", "4")
+    train_here(out, *options, "--resume", "auto")
+    logged = {r["step"]: r["lr"] for r in records(out, "train")}
+    assert sorted(logged) == list(range(1, 11))
+    for step, lr in logged.items():  # the lr logged after update `step` is the one that update used
+        assert lr == pytest.approx(expected_lr(schedule, step - 1), rel=1e-12), step
+
+
+def test_min_lr_above_lr_is_one_line():
+    from launch.errors import UserError
+
+    with pytest.raises(UserError, match=r"--min-lr 0\.01 is above --lr 0\.001"):
+        TrainConfig(lr=1e-3, min_lr=1e-2)

@@ -85,6 +85,14 @@ def test_resume_with_dropout_continues_bit_for_bit(tmp_path, reference_run, monk
 
 
 @pytest.mark.slow
+def test_activation_checkpointing_gives_the_same_losses_bit_for_bit(tmp_path, reference_run):
+    out = tmp_path / "run"
+    train_here(out, *REFERENCE, "--activation-checkpointing")  # dropout 0.1: its masks must be drawn again alike
+    assert losses(out) == losses(reference_run)
+    assert records(out, "eval") == records(reference_run, "eval")
+
+
+@pytest.mark.slow
 def test_resume_mid_epoch_lands_on_the_next_batch(tmp_path, reference_run):
     # 7 micro-batches per epoch, accumulation 2: a pause after step 2 is 4 batches into epoch 1
     out = tmp_path / "resumed"
@@ -292,3 +300,13 @@ def test_the_fine_tuning_recipe_continues_a_run_on_other_stories(tmp_path, finis
     saved = json.loads((out / "train_config.json").read_text())
     assert saved["lr"] == 5e-5 and saved["init_from"] == str(finished_run) and saved["data"]["max_samples"] is None
     assert records(out, "eval")[0]["step"] == 0 and json.loads((out / "summary.json").read_text())["steps"] == 3
+
+
+def test_profile_steps_write_a_trace_that_parses_and_print_the_top_operators(tmp_path):
+    out = tmp_path / "run"
+    result = train_here(out, "--max-steps", "6", "--profile-steps", "2", "--log-every", "1")
+    assert "profile: recording steps 3 to 4" in result.stdout
+    assert "profile: 2 steps written to" in result.stdout and "Self CPU" in result.stdout  # the operators table
+    events = json.loads((out / "profile" / "trace.json").read_text())["traceEvents"]
+    assert any(e.get("name", "").startswith("aten::") for e in events)
+    assert [r["step"] for r in records(out, "train")] == [1, 2, 3, 4, 5, 6]

@@ -18,11 +18,12 @@ def bench(*flags):
 
 def test_bench_command_returns_well_formed_figures(tmp_path):
     out = tmp_path / "bench.json"
-    result = bench("--gen-tokens", "8", "--json", out)
+    result = bench("--gen-tokens", "8", "--activation-checkpointing", "--json", out)
     assert "useful tok/s" in result.stdout and "MFU" in result.stdout and "ours is" in result.stdout
     figures = json.loads(out.read_text())
     assert figures["matmul_peak_tflops"] > 0 and figures["flops_per_token"] == get_preset("tiny").flops_per_token()
-    assert set(figures["training"]) == {"ours", "hf_gpt2"}  # transformers is installed here
+    assert set(figures["training"]) == {"ours", "ours_ckpt", "hf_gpt2"}  # transformers is installed here
+    assert "memory vs ours" in result.stdout and figures["training"]["ours_ckpt"]["memory_vs_ours"] > 0
     for row in figures["training"].values():
         assert row["tokens_per_s"] > 0 and 0 < row["mfu"] < 1.5 and row["peak_memory_mb"] > 0
         assert math.isclose(

@@ -1,0 +1,58 @@
+"""--profile-steps N: where the time of a training step goes, as a torch.profiler trace.
+
+The profiler records N optimizer steps once `WARMUP_STEPS` have run (the first steps pay for page
+faults, optimizer state and kernel selection), writes RUN/profile/trace.json (Chrome trace format:
+open it in Perfetto, ui.perfetto.dev, or chrome://tracing; TensorBoard's profile plugin reads the
+folder) and prints the operators that took the most time. The profiled steps are left out of
+tokens/s: the profiler's own overhead would lower it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+WARMUP_STEPS = 2
+TOP_OPERATORS = 12
+
+
+class StepProfiler:
+    def __init__(self, steps: int | None, run_dir: Path, first_step: int):
+        self.steps, self.folder = steps, Path(run_dir) / "profile"
+        self.start = first_step + WARMUP_STEPS  # counted from where this session starts
+        self.profiler = None
+
+    def after_update(self, step: int, say) -> bool:
+        """Called after each optimizer update; True when the profile starts or ends here (tokens/s
+        is then measured afresh, so the profiled steps count in neither window)."""
+        if not self.steps:
+            return False
+        if step == self.start:
+            import torch.profiler as tp
+
+            self.profiler = tp.profile(activities=_activities(), record_shapes=True)
+            self.profiler.__enter__()
+            say(f"profile: recording steps {step + 1} to {step + self.steps}")
+            return True
+        if self.profiler is None or step < self.start + self.steps:
+            return False
+        self.profiler.__exit__(None, None, None)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        trace = self.folder / "trace.json"
+        self.profiler.export_chrome_trace(str(trace))
+        table = self.profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=TOP_OPERATORS)
+        say(f"profile: {self.steps} steps written to {trace} (open it in ui.perfetto.dev); the top operators:\n{table}")
+        self.profiler, self.steps = None, None
+        return True
+
+    def close(self) -> None:
+        """A run that ends inside the profiled steps: stop recording, keep nothing half-written."""
+        if self.profiler is not None:
+            self.profiler.__exit__(None, None, None)
+            self.profiler = None
+
+
+def _activities():
+    import torch
+    import torch.profiler as tp
+
+    return [tp.ProfilerActivity.CPU, *([tp.ProfilerActivity.CUDA] if torch.cuda.is_available() else [])]
