@@ -14,7 +14,7 @@ from .config import RUN_CONFIG_NAME, TrainConfig, saved_run_config, smoke_config
 from .errors import UserError
 from .fields import flag_of, get_path, leaf_fields, replace_paths
 from .summary import SUMMARY_NAME
-from .tracking import METRICS_NAME
+from .tracking import METRICS_NAME, TRACKER_NAME
 
 # What a run writes into its folder: what makes a folder "hold a run", and what --overwrite deletes.
 RUN_ARTEFACTS = (
@@ -27,6 +27,7 @@ RUN_ARTEFACTS = (
     "report.md",
     "wandb",
     "wandb_report.json",
+    TRACKER_NAME,
 )
 
 

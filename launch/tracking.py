@@ -63,8 +63,22 @@ def read_metrics(run_dir: Path, on_torn_line=None) -> list[dict]:
     return records
 
 
+TRACKER_NAME = "tracker.json"  # the run's W&B run id: every session of the run logs to that one run
+
+
 class RunLog:
-    """metrics.jsonl plus the Accelerate trackers, from the main process."""
+    """metrics.jsonl plus the Accelerate trackers, from the main process.
+
+    One run is one tracker run, however many sessions it takes: the W&B run id is kept in the run
+    folder and each session resumes it, and TensorBoard writes into the same folder. A session that
+    starts from a checkpoint redoes the steps an interrupted one logged after it, so each step is in
+    every history once:
+      - metrics.jsonl drops the interrupted attempt's records after the checkpoint, then logs anew;
+      - TensorBoard is told to purge them (SummaryWriter's purge_step), then they are logged anew;
+      - W&B keeps a step's history row for good (its steps only increase), so a record is not sent
+        again when the run's own W&B files show its keys at its step already: those values are the
+        ones an exact resume computes.
+    """
 
     def __init__(
         self,
@@ -78,10 +92,11 @@ class RunLog:
     ):
         self.accelerator, self.tracker = accelerator, tracker
         self.path = Path(run_dir) / METRICS_NAME
+        self.held: dict[int, set[str]] = {}  # what the W&B run already holds: step -> keys
         if accelerator.is_main_process and self.path.exists():
+            records = read_metrics(run_dir, on_torn_line=accelerator.print)
             # Drop what an interrupted attempt logged after the checkpoint this session starts from
             # (everything, when it starts from scratch): it is about to be redone.
-            records = read_metrics(run_dir, on_torn_line=accelerator.print)
             kept = [] if resumed_step is None else [r for r in records if r.get("step", 0) <= resumed_step]
             if len(kept) < len(records):
                 accelerator.print(
@@ -92,7 +107,11 @@ class RunLog:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
             os.replace(tmp, self.path)
         if tracker != "none":
-            init_kwargs = {"wandb": {"name": run_name, "dir": str(run_dir)}} if tracker == "wandb" else {}
+            init_kwargs = {"tensorboard": {"purge_step": 0 if resumed_step is None else resumed_step + 1}}
+            if tracker == "wandb":
+                run_id = _wandb_id(Path(run_dir)) if accelerator.is_main_process else None
+                self.held = _wandb_history(Path(run_dir), run_id) if accelerator.is_main_process else {}
+                init_kwargs = {"wandb": {"name": run_name, "dir": str(run_dir), "id": run_id, "resume": "allow"}}
             config = scrub(config) if tracker == "wandb" else flatten(scrub(config))
             accelerator.init_trackers(project, config=config, init_kwargs=init_kwargs)
 
@@ -109,7 +128,8 @@ class RunLog:
                 for k, v in record.items()
                 if k not in ("kind", "step") and isinstance(v, (int, float))
             }
-            self.accelerator.log(values, step=record["step"])
+            if not set(values) <= self.held.get(record["step"], set()):  # W&B has them at this step already
+                self.accelerator.log(values, step=record["step"])
 
     def log_samples(self, samples: list[dict], step: int) -> None:
         if self.tracker == "wandb" and self.accelerator.is_main_process:
@@ -150,3 +170,29 @@ class RunLog:
     def finish(self) -> None:
         if self.tracker != "none":
             self.accelerator.end_training()
+
+
+def _wandb_id(run_dir: Path) -> str:
+    """The run's W&B id, made at its first session and kept in RUN/tracker.json (main process)."""
+    path = run_dir / TRACKER_NAME
+    if path.is_file():
+        return json.loads(path.read_text())["wandb_id"]
+    import secrets
+
+    run_id = secrets.token_hex(6)  # W&B ids: lowercase letters and digits
+    path.write_text(json.dumps({"wandb_id": run_id}) + "\n")
+    return run_id
+
+
+def _wandb_history(run_dir: Path, run_id: str) -> dict[int, set[str]]:
+    """step -> keys, over every earlier session of W&B run `run_id` in the run folder."""
+    from .wandb_files import wandb_runs
+
+    if not (run_dir / "wandb").is_dir():
+        return {}
+    held: dict[int, set[str]] = {}
+    for run in wandb_runs(run_dir):
+        if run.run_id == run_id:
+            for step, keys in run.history.items():
+                held.setdefault(step, set()).update(keys)
+    return held

@@ -310,3 +310,46 @@ def test_profile_steps_write_a_trace_that_parses_and_print_the_top_operators(tmp
     events = json.loads((out / "profile" / "trace.json").read_text())["traceEvents"]
     assert any(e.get("name", "").startswith("aten::") for e in events)
     assert [r["step"] for r in records(out, "train")] == [1, 2, 3, 4, 5, 6]
+
+
+# ---- one run, one tracker run ----------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_run_paused_twice_is_one_wandb_run_with_each_step_once(tmp_path):
+    from launch.wandb_files import wandb_runs
+    from tests.helpers import tiny_run
+
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    out = tmp_path / "run"
+    options = ["--tracker", "wandb", "--max-steps", "6", "--log-every", "1", "--eval-every", "2"]
+    tiny_run(out, *options, "--stop-after-steps", "2", env=env)
+    tiny_run(out, *options, "--resume", "auto", "--stop-after-steps", "2", env=env)
+    tiny_run(out, *options, "--resume", "auto", env=env)
+    sessions = wandb_runs(out)
+    assert len(sessions) == 3 and len({s.run_id for s in sessions}) == 1  # three sessions, one W&B run
+    train_steps = sorted(step for s in sessions for step, keys in s.history.items() if "train/loss" in keys)
+    assert train_steps == [1, 2, 3, 4, 5, 6]  # each step once, across the sessions' files
+    assert json.loads((out / "tracker.json").read_text())["wandb_id"] == sessions[0].run_id
+    # a resume that redoes steps the W&B run holds already (the last checkpoint lost) sends them not again
+    import shutil
+
+    shutil.rmtree(out / "checkpoints" / "step-0000006")
+    tiny_run(out, *options, "--resume", "auto", env=env)
+    sessions = wandb_runs(out)
+    assert len(sessions) == 4 and len({s.run_id for s in sessions}) == 1
+    assert sorted(step for s in sessions for step, keys in s.history.items() if "train/loss" in keys) == train_steps
+
+
+def test_tensorboard_holds_each_step_once_when_a_resume_redoes_steps(tmp_path):
+    import shutil
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    options = ["--tracker", "tensorboard", "--max-steps", "6", "--log-every", "1", "--save-every", "2"]
+    train_here(out, *options)
+    shutil.rmtree(out / "checkpoints" / "step-0000006")  # as if killed before saving step 6: 5 and 6 are redone
+    train_here(out, *options, "--resume", "auto")
+    events = EventAccumulator(str(next(out.rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in records(out, "train")] == [1, 2, 3, 4, 5, 6]
