@@ -37,7 +37,9 @@ def user_errors_exit(fn):
         except TrainingInterrupted as e:
             click.echo(f"{rank_prefix()}{e}", err=True)
             sys.exit(e.exit_code)
-        except MemoryError:  # e.g. rows of a context far past this machine's memory
+        except (MemoryError, RuntimeError) as e:  # e.g. a context far past this machine's memory
+            if isinstance(e, RuntimeError) and not _out_of_memory(e):
+                raise
             click.echo(
                 f"{rank_prefix()}error: out of memory; lower --batch-size, or the model's context_length "
                 "or size (--preset, --model-config)",
@@ -53,6 +55,12 @@ def user_errors_exit(fn):
             sys.exit(130)
 
     return wrapper
+
+
+def _out_of_memory(error: RuntimeError) -> bool:
+    """torch's own allocation failures (CPU and CUDA) are RuntimeErrors, not MemoryErrors."""
+    text = str(error).lower()
+    return "can't allocate memory" in text or "out of memory" in text
 
 
 def train_command(

@@ -134,8 +134,12 @@ class TrainConfig:
         "paper's); documents: each story alone after <|endoftext|>, in windows (lm-evaluation-harness's framing).",
         on_resume="fixed",
     )
-    batch_size: int | None = setting(
-        None, f"Rows per process per micro-batch [default: {BATCH_SIZE_RULE}].", on_resume="fixed", at_least=1
+    batch_size: int | Literal["auto"] | None = setting(
+        None,
+        f"Rows per process per micro-batch [default: {BATCH_SIZE_RULE}]; auto (GPUs): the largest that "
+        "fits, with --grad-accum adjusted to keep the tokens per optimizer step.",
+        on_resume="fixed",
+        at_least=1,
     )
     grad_accum: int = setting(8, "Micro-batches per optimizer step.", on_resume="fixed", at_least=1)
     # ---- optimizer and schedule ----

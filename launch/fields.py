@@ -51,8 +51,12 @@ def check_fields(config) -> None:
         if value is None or dataclasses.is_dataclass(value):
             continue
         choices = choices_of(hints[f.name])
-        if choices and value not in choices:
-            raise UserError(f"{flag} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        number_or_word = int in typing.get_args(hints[f.name])  # e.g. a batch size, or "auto"
+        if choices and value not in choices and not (number_or_word and isinstance(value, int)):
+            what = "a whole number or " if number_or_word else ""
+            raise UserError(f"{flag} must be {what}one of {', '.join(map(str, choices))}, got {value!r}")
+        if isinstance(value, str):
+            continue
         if f.metadata.get("at_least") is not None and value < f.metadata["at_least"]:
             raise UserError(f"{flag} must be >= {f.metadata['at_least']}, got {value}")
         if f.metadata.get("above") is not None and not value > f.metadata["above"]:

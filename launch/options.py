@@ -23,6 +23,8 @@ def _click_option(dotted: str, f, annotation, default, show_default: bool):
     base, choices = _without_none(annotation), choices_of(annotation)
     if base is bool:
         kwargs["is_flag"] = True
+    elif choices and int in typing.get_args(annotation):
+        kwargs["type"] = IntOrWord(choices)
     elif choices:
         kwargs["type"] = click.Choice(choices)
     elif typing.get_origin(base) is tuple:
@@ -34,6 +36,24 @@ def _click_option(dotted: str, f, annotation, default, show_default: bool):
     else:
         kwargs["type"] = base
     return click.option(flag_of(f), dotted.replace(".", "__"), **kwargs)
+
+
+class IntOrWord(click.ParamType):
+    """A number, or one of a few words (`--batch-size 8`, `--batch-size auto`)."""
+
+    name = "integer"
+
+    def __init__(self, words: tuple[str, ...]):
+        self.words = words
+        self.name = f"integer|{'|'.join(words)}"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value in self.words:
+            return value
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a whole number or one of {', '.join(self.words)}", param, ctx)
 
 
 def config_options(defaults: TrainConfig, only: tuple[str, ...] | None = None, show_default: bool = True):

@@ -26,6 +26,7 @@ import torch
 from gpt_core import GPT, GPTConfig
 
 from . import checkpoint as ckpt
+from .autobatch import check_auto_batch, resolve_auto_batch
 from .config import TrainConfig, default_batch_size
 from .data.batching import make_dataloader, make_dataset
 from .data.prepare import PreparedData, prepare_data
@@ -104,13 +105,12 @@ def build_run(cfg: TrainConfig, resume_from: Path | None) -> Run:
         dataloader_config=DataLoaderConfiguration(even_batches=True),
     )
     set_seed(cfg.seed)
+    check_auto_batch(cfg, accelerator.device)
     model_config = cfg.model_config()
     if cfg.mixed_precision == "bf16" and accelerator.device.type == "cpu":
         accelerator.print("note: bf16 matmuls on CPUs without AMX/AVX-512 BF16 are far slower than fp32")
     # data: the first process to take the cache's lock tokenizes, the others say they wait, then read it
     data = prepare_data(cfg.data, cfg.seed, log=accelerator.print, every_rank=rank_print)
-    batch_size = cfg.batch_size or default_batch_size(accelerator.device.type)
-    loaders = _make_loaders(cfg, accelerator, data, model_config.context_length, batch_size)
     model = GPT(model_config)
     source = f"from {cfg.init_from}" if cfg.init_from and not cfg.preset else f"preset {cfg.preset or 'paper'}"
     accelerator.print(f"model: {source}, {model.num_params():,} parameters, norm={model_config.norm}")
@@ -118,6 +118,9 @@ def build_run(cfg: TrainConfig, resume_from: Path | None) -> Run:
         folder = ckpt.load_initial_weights(model, cfg.init_from)
         accelerator.print(f"init: weights from {folder}; the optimizer, schedule and step start fresh")
     model.activation_checkpointing = cfg.activation_checkpointing
+    cfg = resolve_auto_batch(cfg, accelerator, model)
+    batch_size = cfg.batch_size or default_batch_size(accelerator.device.type)
+    loaders = _make_loaders(cfg, accelerator, data, model_config.context_length, batch_size)
     if cfg.compile:
         model = torch.compile(model)
     optimizer = build_optimizer(model, cfg, accelerator.device)

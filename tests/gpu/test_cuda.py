@@ -88,3 +88,12 @@ def test_deepspeed_on_one_gpu_pauses_and_resumes(tmp_path, stage):
     run_cli(args + ["--resume", "auto"])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["hardware"]["mixed_precision"] == "bf16"
+
+
+def test_batch_size_auto_fills_the_gpu_and_keeps_the_rows_per_step(tmp_path):
+    out = tmp_path / "run"
+    proc = tiny_run(out, "--batch-size", "auto", "--grad-accum", "8", "--max-steps", "3", "--log-every", "1")
+    assert "batch: auto chose" in proc.stdout
+    saved = json.loads((out / "train_config.json").read_text())
+    batch, accumulation = saved["batch_size"], saved["grad_accum"]  # what the run resumes with
+    assert isinstance(batch, int) and batch * accumulation >= 4 * 8 > batch * (accumulation - 1)

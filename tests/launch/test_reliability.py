@@ -373,6 +373,7 @@ def test_a_full_disk_at_the_start_is_one_line_and_leaves_no_half_written_setting
         (["--collective-timeout", "1e30"], "--collective-timeout must be <= 31,536,000"),
         (["--output-dir", ""], "--output-dir is empty"),
         (["--data", ""], "--data is empty"),
+        (["--batch-size", "auto"], "--batch-size auto finds the largest micro-batch that fits in a GPU's memory"),
     ],
 )
 def test_more_bad_training_input_is_one_line_before_any_work(tmp_path, args, words):
