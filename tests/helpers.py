@@ -141,28 +141,13 @@ def losses(run_dir: Path) -> dict[int, float]:
 
 def deepspeed_run(config: str, out: Path, *extra, processes: int = 2, precision: str = "no") -> list[str]:
     """`accelerate launch` of the tiny smoke recipe under a shipped DeepSpeed config."""
+    launcher = ["accelerate", "launch", "--config_file", config, "--num_processes", str(processes)]
     return [
-        "accelerate",
-        "launch",
-        "--config_file",
-        config,
-        "--num_processes",
-        str(processes),
+        *launcher,
         "--mixed_precision",
         precision,
         "recipes/tinystories.py",
-        "--smoke",
-        "--preset",
-        "tiny",
-        "--max-steps",
-        "4",
-        "--output-dir",
-        str(out),
-        "--data-cache",
-        str(Path(out).parent / "cache"),
-        "--sample-tokens",
-        "8",
-        *map(str, extra),
+        *tiny_run_options(out, "--max-steps", "4", *extra),
     ]
 
 
