@@ -186,13 +186,18 @@ def _wandb_id(run_dir: Path) -> str:
 
 def _wandb_history(run_dir: Path, run_id: str) -> dict[int, set[str]]:
     """step -> keys, over every earlier session of W&B run `run_id` in the run folder."""
-    from .wandb_files import wandb_runs
+    import struct
 
-    if not (run_dir / "wandb").is_dir():
-        return {}
+    from google.protobuf.message import DecodeError
+
+    from .wandb_files import read_wandb_run
+
     held: dict[int, set[str]] = {}
-    for run in wandb_runs(run_dir):
-        if run.run_id == run_id:
-            for step, keys in run.history.items():
-                held.setdefault(step, set()).update(keys)
+    for folder in sorted((run_dir / "wandb").glob(f"*run-*-{run_id}")):
+        try:
+            run = read_wandb_run(folder)
+        except (UserError, ValueError, struct.error, DecodeError):  # a session killed early: cut-short files
+            continue
+        for step, keys in run.history.items():
+            held.setdefault(step, set()).update(keys)
     return held

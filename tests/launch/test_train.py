@@ -333,7 +333,10 @@ def test_a_run_paused_twice_is_one_wandb_run_with_each_step_once(tmp_path):
     import shutil
 
     shutil.rmtree(out / "checkpoints" / "step-0000006")
+    killed_early = out / "wandb" / f"offline-run-20000101_000000-{sessions[0].run_id}"
+    killed_early.mkdir()  # a session killed before W&B wrote its file: nothing to read, nothing held
     tiny_run(out, *options, "--resume", "auto", env=env)
+    killed_early.rmdir()
     sessions = wandb_runs(out)
     assert len(sessions) == 4 and len({s.run_id for s in sessions}) == 1
     assert sorted(step for s in sessions for step, keys in s.history.items() if "train/loss" in keys) == train_steps
