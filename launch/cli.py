@@ -19,6 +19,7 @@ from .errors import UserError
 from .fields import replace_paths
 from .options import config_options, given_options
 from .runtime import TrainingInterrupted, rank_prefix
+from .sampling import Sampling
 
 USER_ERRORS = (UserError, ConfigError, GenerationError, CheckpointError)
 WIDE = {"max_content_width": 110}
@@ -109,23 +110,29 @@ cli.add_command(train_command())
 @click.argument("checkpoint", required=False)
 @click.option("--prompt", "-p", default="Once upon a time", help="Text to continue.")
 @click.option(
-    "--max-tokens", type=int, default=300, help="New tokens at most (generation also stops at <|endoftext|>)."
+    "--max-tokens",
+    type=int,
+    default=Sampling.max_tokens,
+    help="New tokens at most (generation also stops at <|endoftext|>).",
 )
-@click.option("--temperature", type=float, default=1.0, help="Sampling temperature (> 0).")
-@click.option("--top-k", type=int, default=40, help="Sample among the k most likely tokens (0: no limit).")
+@click.option("--temperature", type=float, default=Sampling.temperature, help="Sampling temperature (> 0).")
+@click.option("--top-k", type=int, default=Sampling.top_k, help="Sample among the k most likely tokens (0: no limit).")
 @click.option(
-    "--top-p", type=float, default=0.95, help="Sample within the smallest set of tokens holding this probability."
+    "--top-p",
+    type=float,
+    default=Sampling.top_p,
+    help="Sample within the smallest set of tokens holding this probability.",
 )
 @click.option("--greedy", is_flag=True, help="Always take the most likely token (ignores temperature, top-k, top-p).")
 @click.option("--seed", type=int, default=None, help="Seed for repeatable samples [default: random].")
-@click.option("--num-samples", "-n", type=int, default=1, help="Stories per prompt.")
+@click.option("--num-samples", "-n", type=int, default=Sampling.num_samples, help="Stories per prompt.")
 @click.option("--interactive", "-i", is_flag=True, help="Keep asking for prompts (empty line or Ctrl-D ends).")
 @click.option("--device", default="auto", help="cpu, cuda, cuda:1 ... [default: cuda if available].")
 @user_errors_exit
 def generate(checkpoint, prompt, interactive, device, **sampling):
     """Sample stories from CHECKPOINT (a run folder, a checkpoint folder, or the newest run), streaming
     tokens as they are produced."""
-    from .sampling import Sampling, generate_command
+    from .sampling import generate_command
 
     generate_command(checkpoint, prompt, Sampling(**sampling), interactive, device)
 

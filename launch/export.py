@@ -28,6 +28,7 @@ from gpt_core.tokenizer import EOT, gpt2_files
 from . import checkpoint as ckpt
 from .errors import UserError
 from .report import markdown_table
+from .sampling import Sampling
 from .summary import RunSummary
 
 HUB_DATASET = "roneneldan/TinyStories"
@@ -57,11 +58,11 @@ def export_model(run_dir: Path, out: Path, license: str = "mit", log=print) -> P
         "eos_token_id": EOT_ID,
         "pad_token_id": EOT_ID,
         "do_sample": True,
-        "temperature": 1.0,
-        "top_k": 40,
-        "top_p": 0.95,
-        "max_new_tokens": 300,
-    }  # gpt-launch generate's
+        "temperature": Sampling.temperature,  # gpt-launch generate's defaults
+        "top_k": Sampling.top_k,
+        "top_p": Sampling.top_p,
+        "max_new_tokens": Sampling.max_tokens,
+    }
     (partial / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     if (run_dir / "curves.png").exists():
         shutil.copyfile(run_dir / "curves.png", partial / "curves.png")

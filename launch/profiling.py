@@ -30,12 +30,12 @@ class StepProfiler:
             import torch.profiler as tp
 
             self.profiler = tp.profile(activities=_activities(), record_shapes=True)
-            self.profiler.__enter__()
+            self.profiler.start()
             say(f"profile: recording steps {step + 1} to {step + self.steps}")
             return True
         if self.profiler is None or step < self.start + self.steps:
             return False
-        self.profiler.__exit__(None, None, None)
+        self.profiler.stop()
         self.folder.mkdir(parents=True, exist_ok=True)
         trace = self.folder / "trace.json"
         self.profiler.export_chrome_trace(str(trace))
@@ -47,7 +47,7 @@ class StepProfiler:
     def close(self) -> None:
         """A run that ends inside the profiled steps: stop recording, keep nothing half-written."""
         if self.profiler is not None:
-            self.profiler.__exit__(None, None, None)
+            self.profiler.stop()
             self.profiler = None
 
 

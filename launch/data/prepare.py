@@ -36,9 +36,10 @@ from gpt_core import get_tokenizer
 
 from ..config import DataConfig
 from ..errors import UserError, is_disk_full
+from ..progress import REPORT_EVERY_S
 from .sources import Source
 from .splits import SPLITS, TokenSplit, load_split, split_plan, write_split
-from .stream import REPORT_EVERY_S, DigestSet, Progress, Stream, Tokenizing, append_source
+from .stream import DigestSet, Progress, Stream, Tokenizing, append_source
 from .tokenize import default_workers, workers_for
 
 CACHE_VERSION = 2  # bump when the on-disk layout or the cleaning rules change

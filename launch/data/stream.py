@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..progress import REPORT_EVERY_S
 from .sources import Source
 from .tokenize import drop_reasons, tokenized_chunks
-
-REPORT_EVERY_S = 30.0
 
 
 class DigestSet:
