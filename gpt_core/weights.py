@@ -18,6 +18,7 @@ from safetensors.torch import load_file, load_model, save_file
 from . import hf
 from .config import ConfigError, GPTConfig
 from .model import GPT
+from .tokenizer import Tokenizer
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -27,17 +28,22 @@ class CheckpointError(ValueError):
     """A weights folder that cannot be loaded; the message names the file and the fix."""
 
 
-def save_state_dict(state_dict: dict, config: GPTConfig, folder: str | Path) -> None:
-    """Write weights + config. The tied head is the embedding, so it is stored once, under embed.weight."""
+def save_state_dict(
+    state_dict: dict, config: GPTConfig, folder: str | Path, tokenizer: Tokenizer | None = None
+) -> None:
+    """Write weights + config (+ the tokenizer, unless it is GPT-2 BPE). The tied head is the
+    embedding, so it is stored once, under embed.weight."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config.save(folder / CONFIG_NAME)
+    if tokenizer is not None:
+        tokenizer.save(folder)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items() if k != "head.weight"}
     save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
 
 
-def save_pretrained(model: GPT, folder: str | Path) -> None:
-    save_state_dict(model.state_dict(), model.config, folder)
+def save_pretrained(model: GPT, folder: str | Path, tokenizer: Tokenizer | None = None) -> None:
+    save_state_dict(model.state_dict(), model.config, folder, tokenizer)
 
 
 def save_hf(model: GPT, folder: str | Path, extra_config: dict | None = None) -> list[str]:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from gpt_core import GPT, IGNORE_INDEX, GPTConfig, generate, get_preset, get_tokenizer
+from gpt_core import EOT_ID, GPT, IGNORE_INDEX, GPTConfig, generate, get_preset, get_tokenizer
 
 from ..config import SMOKE_DATA, DataConfig, TrainConfig, default_batch_size
 from ..optim import build_optimizer
@@ -153,7 +153,7 @@ def _rows(padded: bool, data: dict, context: int, batch: int, count: int, device
     from ..data.batching import PackedDataset, PaddedDataset
     from ..data.splits import TokenSplit
 
-    split = TokenSplit("train", np.load(data["tokens"], mmap_mode="r"), np.load(data["offsets"]))
+    split = TokenSplit("train", np.load(data["tokens"], mmap_mode="r"), np.load(data["offsets"]), EOT_ID)
     ds = PaddedDataset(split, context) if padded else PackedDataset(split, context)
     out = []
     for i in range(count):

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from gpt_core import EOT_ID, IGNORE_INDEX
+from gpt_core import IGNORE_INDEX
 
 from ..errors import UserError
 from .splits import TokenSplit
@@ -66,7 +66,7 @@ class PaddedDataset(Dataset):
         index = np.minimum(starts[:, None] + self._span, len(self.split.tokens) - 1)
         windows = self.split.tokens[index].astype(np.int64)
         real = self._span[None, :-1] < targets
-        x = np.where(real, windows[:, :-1], EOT_ID)
+        x = np.where(real, windows[:, :-1], self.split.eot_id)
         y = np.where(real, windows[:, 1:], IGNORE_INDEX)
         return torch.from_numpy(x), torch.from_numpy(y)
 
@@ -97,13 +97,14 @@ class DocumentsDataset(Dataset):
         return x[0], y[0]
 
     def __getitems__(self, rows):
-        x = np.full((len(rows), self.context), EOT_ID, dtype=np.int64)
+        x = np.full((len(rows), self.context), self.split.eot_id, dtype=np.int64)
         y = np.full((len(rows), self.context), IGNORE_INDEX, dtype=np.int64)
         for r, i in enumerate(rows):
             story, end, count = self.windows[i]
             start = int(self.split.offsets[story])
             text = np.asarray(self.split.tokens[start : start + end], dtype=np.int64)
-            history = np.concatenate([[EOT_ID], text])[max(0, end - self.context) : end]  # what precedes each target
+            # what precedes each target
+            history = np.concatenate([[self.split.eot_id], text])[max(0, end - self.context) : end]
             x[r, : len(history)] = history
             y[r, len(history) - count : len(history)] = text[end - count : end]
         return torch.from_numpy(x), torch.from_numpy(y)

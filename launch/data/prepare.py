@@ -4,6 +4,10 @@
       --main process (stream.py): drop exact duplicates, append-->  one ordered token stream + story offsets
       --cut at the split boundaries, or gather for a shuffled split (splits.py)-->  {split}.tokens.npy / .offsets.npy
 
+The cache is keyed by the tokenizer's content (its fingerprint), not its path: a cache built with
+one tokenizer is never read with another, and the same tokenizer found at another path (a run's
+copy, a checkpoint's) reuses it.
+
 Memory stays bounded whatever the corpus size: a few chunks in flight, 16 bytes per story for the
 duplicate digests and, for a shuffled split, 8 bytes per story for the permutation. The splits are
 the ones cutting the whole list of stories would give: a split's boundary needs the count of kept
@@ -32,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpt_core import get_tokenizer
+from gpt_core import Tokenizer
 
 from ..config import DataConfig
 from ..errors import UserError, is_disk_full
@@ -40,9 +44,9 @@ from ..progress import REPORT_EVERY_S
 from .sources import Source
 from .splits import SPLITS, TokenSplit, load_split, split_plan, write_split
 from .stream import DigestSet, Progress, Stream, Tokenizing, append_source
-from .tokenize import default_workers, workers_for
+from .tokenize import WorkerTokenizer, default_workers, workers_for
 
-CACHE_VERSION = 2  # bump when the on-disk layout or the cleaning rules change
+CACHE_VERSION = 3  # bump when the on-disk layout or the cleaning rules change
 
 
 @dataclass
@@ -51,6 +55,7 @@ class PreparedData:
     meta: dict
     cache_dir: Path
     from_cache: bool
+    tokenizer: Tokenizer
 
 
 def prepare_data(
@@ -67,9 +72,10 @@ def prepare_data(
     `every_rank` gets what each process must say for itself, waiting or building (default: `log`).
     """
     every_rank = every_rank or log
+    tokenizer = cfg.load_tokenizer()
     main, heldout = _sources(cfg)
     fingerprint, how = main.fingerprint()
-    key = cache_key(cfg, seed, fingerprint, heldout.fingerprint()[0] if heldout else None)
+    key = cache_key(cfg, seed, fingerprint, heldout.fingerprint()[0] if heldout else None, tokenizer)
     root = cfg.cache_root()
     existing = next(p for p in (root, *root.parents) if p.exists())
     if not existing.is_dir():
@@ -82,13 +88,19 @@ def prepare_data(
         with build_lock(tokens_dir / f"{key}.lock", scratch, every_rank):
             from_cache = (target / "meta.json").exists()  # another process built it while we waited
             if not from_cache:
-                _build_atomically(cfg, seed, (main, heldout), target, scratch, how, every_rank, progress_bar)
+                job = (cfg, seed, (main, heldout), tokenizer)
+                _build_atomically(job, target, scratch, how, every_rank, progress_bar)
                 (tokens_dir / f"{key}.lock").unlink(missing_ok=True)
     meta = json.loads((target / "meta.json").read_text())
+    if meta.get("tokenizer", {}).get("fingerprint") != tokenizer.fingerprint:
+        raise UserError(
+            f"token cache {target} was not built with {tokenizer.describe()}; delete that folder and run "
+            "gpt-launch prepare again"
+        )
     if from_cache:
         counts = ", ".join(f"{k} {v['tokens']:,}" for k, v in meta["splits"].items())
         log(f"data: tokens from cache {target} ({counts} tokens)")
-    splits = {name: load_split(target, name) for name in SPLITS}
+    splits = {name: load_split(target, name, tokenizer.eot_id) for name in SPLITS}
     for name, split in splits.items():
         if split.num_stories == 0:
             why = ", ".join(f"{n:,} {reason}" for reason, n in meta["dropped"].items())
@@ -97,7 +109,7 @@ def prepare_data(
                 f"{sum(meta['dropped'].values()):,} dropped{': ' + why if why else ''}); give --data more "
                 "stories, or name the field that holds them with --text-field"
             )
-    return PreparedData(splits, meta, target, from_cache)
+    return PreparedData(splits, meta, target, from_cache, tokenizer)
 
 
 def prepare_or_verify(cfg: DataConfig, seed: int | None, progress_bar: bool) -> PreparedData:
@@ -112,7 +124,7 @@ def prepare_or_verify(cfg: DataConfig, seed: int | None, progress_bar: bool) -> 
 
 def verify_cache(prepared: PreparedData) -> None:
     """Check that every split's files agree with each other and with meta.json."""
-    eot_id = get_tokenizer().eot_id
+    eot_id = prepared.tokenizer.eot_id
     for name, split in prepared.splits.items():
         offsets, tokens = np.asarray(split.offsets), split.tokens
         expected = prepared.meta["splits"][name]
@@ -130,18 +142,20 @@ def verify_cache(prepared: PreparedData) -> None:
             )
 
 
-def cache_key(cfg: DataConfig, seed: int | None, fingerprint: str, heldout_fingerprint: str | None) -> str:
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("source", "heldout_source", "cache_dir", "workers")}
+def cache_key(
+    cfg: DataConfig, seed: int | None, fingerprint: str, heldout_fingerprint: str | None, tokenizer: Tokenizer
+) -> str:
+    unkeyed = ("source", "heldout_source", "cache_dir", "workers", "tokenizer")  # paths, or how: not what
+    settings = {k: v for k, v in asdict(cfg).items() if k not in unkeyed}
     if cfg.split_mode == "shuffle":  # the seed decides the split only then
         settings["seed"] = seed
-    tokenizer = get_tokenizer()
     material = json.dumps(
         {
             "version": CACHE_VERSION,
             "source": fingerprint,
             "heldout": heldout_fingerprint,
             "settings": settings,
-            "tokenizer": [tokenizer.name, tokenizer.vocab_size, tokenizer.encode("Once upon a time, 東京 🐉")],
+            "tokenizer": tokenizer.fingerprint,
         },
         sort_keys=True,
     )
@@ -191,14 +205,20 @@ def _sources(cfg: DataConfig) -> tuple[Source, Source | None]:
     return main, Source.of(cfg.heldout_source, cfg.text_field, cfg.hub_split, None)
 
 
-def _build_atomically(
-    cfg: DataConfig, seed, sources: tuple[Source, Source | None], target: Path, scratch: Path, how: str, log, bar: bool
-) -> None:
+def _build_atomically(job: tuple, target: Path, scratch: Path, how: str, log, bar: bool) -> None:
+    """`job`: (data config, seed, (source, held-out source or None), tokenizer)."""
+    cfg, tokenizer = job[0], job[3]
     shutil.rmtree(scratch, ignore_errors=True)  # an interrupted build's leftovers: we hold the lock
     scratch.mkdir(parents=True)
     try:
-        meta = _build(cfg, seed, sources, scratch, how, bar, log)
+        meta = _build(*job, scratch, how, bar, log)
         meta.update(version=CACHE_VERSION, source=cfg.source, how=how)
+        meta["tokenizer"] = {
+            "fingerprint": tokenizer.fingerprint,
+            "describe": tokenizer.describe(),
+            "vocab_size": tokenizer.vocab_size,
+            "eot_id": tokenizer.eot_id,
+        }
         (scratch / "meta.json").write_text(json.dumps(meta, indent=2))
         os.rename(scratch, target)  # atomic: a reader sees the whole cache or none of it
     except OSError as e:
@@ -213,23 +233,22 @@ def _build_atomically(
 
 
 def _build(
-    cfg: DataConfig, seed, sources: tuple[Source, Source | None], scratch: Path, how: str, bar: bool, log
+    cfg: DataConfig, seed, sources: tuple[Source, Source | None], tokenizer: Tokenizer, scratch: Path, how, bar, log
 ) -> dict:
     start = time.perf_counter()
     main, heldout = sources
     workers = workers_for(main, cfg.workers or default_workers())
-    log(f"data: {cfg.source} -> {how}, tokenizing in {workers} process(es)")
+    log(f"data: {cfg.source} -> {how}, tokenizing in {workers} process(es) with {tokenizer.describe()}")
     total = main.size() + (heldout.size() if heldout else 0)
-    job = Tokenizing(
-        cfg.min_chars, workers, scratch, get_tokenizer().encoding, Progress(log, scratch / "progress.json", total, bar)
-    )
+    encoding = WorkerTokenizer.of(tokenizer)
+    job = Tokenizing(cfg.min_chars, workers, scratch, encoding, Progress(log, scratch / "progress.json", total, bar))
     try:
-        stream, seen = Stream(scratch, "source"), DigestSet()
+        stream, seen = Stream(scratch, "source", encoding.dtype), DigestSet()
         read = append_source(main, stream, seen, job)
         stream.close()
         held = None
         if heldout is not None:
-            held = Stream(scratch, "heldout")
+            held = Stream(scratch, "heldout", encoding.dtype)
             append_source(heldout, held, DigestSet(), job, "held-out ", seen)
             held.close()
         del seen

@@ -17,8 +17,9 @@ SPLITS = ("train", "validation", "test")
 @dataclass
 class TokenSplit:
     name: str
-    tokens: np.ndarray  # uint16, every story followed by <|endoftext|>; memory-mapped from the cache
+    tokens: np.ndarray  # uint16 (uint32 past 65,536 tokens), each story then <|endoftext|>; memory-mapped
     offsets: np.ndarray  # int64, story i is tokens[offsets[i]:offsets[i + 1]]; memory-mapped too
+    eot_id: int  # the tokenizer's <|endoftext|>: what separates, and pads, stories
 
     @property
     def num_stories(self) -> int:
@@ -35,7 +36,8 @@ def concat_splits(splits) -> TokenSplit:
     offsets = [np.asarray(splits[0].offsets)]
     for split in splits[1:]:
         offsets.append(np.asarray(split.offsets[1:]) + offsets[-1][-1])
-    return TokenSplit("all", np.concatenate([s.tokens for s in splits]), np.concatenate(offsets))
+    tokens = np.concatenate([s.tokens for s in splits])
+    return TokenSplit("all", tokens, np.concatenate(offsets), splits[0].eot_id)
 
 
 def split_plan(stream: Stream, heldout: Stream | None, cfg: DataConfig, seed: int | None) -> dict[str, tuple]:
@@ -82,7 +84,8 @@ def write_split(folder: Path, name: str, stream: Stream, stories) -> tuple[int, 
         open(folder / f"{name}.tokens.npy", "wb") as out_tokens,
         open(folder / f"{name}.offsets.npy", "wb") as out_offsets,
     ):
-        np.lib.format.write_array_header_1_0(out_tokens, {"descr": "<u2", "fortran_order": False, "shape": (total,)})
+        header = {"descr": stream.dtype.newbyteorder("<").str, "fortran_order": False, "shape": (total,)}
+        np.lib.format.write_array_header_1_0(out_tokens, header)
         np.lib.format.write_array_header_1_0(
             out_offsets, {"descr": "<i8", "fortran_order": False, "shape": (len(stories) + 1,)}
         )
@@ -101,8 +104,8 @@ def write_split(folder: Path, name: str, stream: Stream, stories) -> tuple[int, 
     return len(stories), total
 
 
-def load_split(folder: Path, name: str) -> TokenSplit:
-    return TokenSplit(name, _load(folder / f"{name}.tokens.npy"), _load(folder / f"{name}.offsets.npy"))
+def load_split(folder: Path, name: str, eot_id: int) -> TokenSplit:
+    return TokenSplit(name, _load(folder / f"{name}.tokens.npy"), _load(folder / f"{name}.offsets.npy"), eot_id)
 
 
 def _load(path: Path) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..progress import REPORT_EVERY_S
 from .sources import Source
-from .tokenize import drop_reasons, tokenized_chunks
+from .tokenize import WorkerTokenizer, drop_reasons, tokenized_chunks
 
 
 class DigestSet:
@@ -48,7 +48,8 @@ class DigestSet:
 class Stream:
     """An append-only token stream and its story offsets, as raw files in the scratch folder."""
 
-    def __init__(self, folder: Path, name: str) -> None:
+    def __init__(self, folder: Path, name: str, dtype: str = "uint16") -> None:
+        self.dtype = np.dtype(dtype)
         self.tokens_path, self.offsets_path = folder / f"{name}.tokens.bin", folder / f"{name}.offsets.bin"
         # held open across appends, closed by close(); the build's scratch folder is removed either way
         self._tokens, self._offsets = open(self.tokens_path, "wb"), open(self.offsets_path, "wb")  # noqa: SIM115
@@ -70,7 +71,8 @@ class Stream:
     def mapped(self) -> tuple[np.ndarray, np.ndarray]:
         """(tokens, offsets), memory-mapped afresh: drop them after a block of work, so the pages
         read do not pile up in this process's resident memory over the whole stream."""
-        tokens = np.memmap(self.tokens_path, dtype=np.uint16, mode="r") if self.num_tokens else np.zeros(0, np.uint16)
+        empty = np.zeros(0, self.dtype)
+        tokens = np.memmap(self.tokens_path, dtype=self.dtype, mode="r") if self.num_tokens else empty
         return tokens, np.memmap(self.offsets_path, dtype=np.int64, mode="r")
 
 
@@ -132,7 +134,7 @@ class Tokenizing:
     min_chars: int
     workers: int
     scratch: Path
-    encoding: object  # the tokenizer's tiktoken Encoding, handed to each worker once
+    encoding: WorkerTokenizer  # handed to each worker once
     progress: Progress
     dropped: Counter = field(default_factory=Counter)
 

@@ -1,7 +1,8 @@
 """Stage 2a, in worker processes: one chunk of raw records -> cleaned, digested, tokenized.
 
 This module is what a data worker imports, so it imports neither torch nor gpt_core (together
-~200 MB a process): the main process hands each worker its tokenizer's encoding once, at start-up.
+~200 MB a process): the main process hands each worker its tokenizer once, at start-up, as the
+library object that encodes (`WorkerTokenizer`).
 """
 
 from __future__ import annotations
@@ -34,12 +35,34 @@ def drop_reasons(min_chars: int) -> dict[int, str]:
     }
 
 
+@dataclass(frozen=True)
+class WorkerTokenizer:
+    """What a worker encodes with: tiktoken's Encoding (GPT-2 BPE) or the `tokenizers` library's
+    Tokenizer (a trained tokenizer.json), the end-of-text id, and the dtype that holds every id."""
+
+    backend: object
+    eot_id: int
+    dtype: str  # "uint16" up to 65,536 tokens, else "uint32"
+
+    @classmethod
+    def of(cls, tokenizer) -> WorkerTokenizer:
+        """From a gpt_core tokenizer (not imported here: see the module's docstring)."""
+        return cls(tokenizer.backend, tokenizer.eot_id, tokenizer.token_dtype)
+
+    def encode_texts(self, texts: list[str]) -> list[list[int]]:
+        """The ids of each text; `<|endoftext|>` written in a story is plain text, never the separator."""
+        if hasattr(self.backend, "encode_ordinary"):
+            return [self.backend.encode_ordinary(t) for t in texts]
+        self.backend.encode_special_tokens = True  # not kept when the object is pickled to a worker
+        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+
+
 @dataclass
 class TokenizedChunk:
     codes: np.ndarray  # int8 per record: 0 kept, else NOT_TEXT / EMPTY / SHORT
     digests: np.ndarray  # V16 blake2b digest per kept record, for exact-duplicate removal
     lengths: np.ndarray  # int64 tokens per kept record, its <|endoftext|> included
-    tokens: np.ndarray  # uint16, the kept records one after the other
+    tokens: np.ndarray  # the tokenizer's dtype (uint16 where it fits), the kept records one after the other
     position: int = 0
 
 
@@ -67,7 +90,7 @@ def _decode_json_lines(chunk: Chunk) -> list:
     return texts
 
 
-def tokenize_chunk(chunk: Chunk, min_chars: int, encoding) -> TokenizedChunk:
+def tokenize_chunk(chunk: Chunk, min_chars: int, encoding: WorkerTokenizer) -> TokenizedChunk:
     """Clean (trim; drop non-text, empty and near-empty records), digest and tokenize one chunk.
     Text is otherwise kept as written: punctuation and quotes stay (removing them, as the paper did,
     flatters perplexity)."""
@@ -90,12 +113,11 @@ def tokenize_chunk(chunk: Chunk, min_chars: int, encoding) -> TokenizedChunk:
     return TokenizedChunk(codes, digests, lengths, tokens, chunk.position)
 
 
-def tokenize_texts(texts: list[str], encoding) -> tuple[np.ndarray, np.ndarray]:
-    """The ids of each text plus the end-of-text token, as one uint16 array and per-text lengths.
-    `encoding` is a tiktoken Encoding (its `encode_ordinary` never emits special tokens)."""
-    pieces = [encoding.encode_ordinary(t) for t in texts]
+def tokenize_texts(texts: list[str], encoding: WorkerTokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """The ids of each text plus the end-of-text token, as one array and per-text lengths."""
+    pieces = encoding.encode_texts(texts)
     lengths = np.fromiter((len(p) + 1 for p in pieces), dtype=np.int64, count=len(pieces))
-    tokens = np.full(int(lengths.sum()), encoding.eot_token, dtype=np.uint16)  # GPT-2 ids < 65,536 fit in uint16
+    tokens = np.full(int(lengths.sum()), encoding.eot_id, dtype=encoding.dtype)
     ends = np.cumsum(lengths) - 1
     for piece, end in zip(pieces, ends.tolist(), strict=True):
         tokens[end - len(piece) : end] = piece

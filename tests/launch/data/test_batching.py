@@ -13,7 +13,7 @@ from .common import STORIES, prepared
 
 def split_of(lengths):
     tokens = np.concatenate([np.r_[np.arange(1, n, dtype=np.uint16) + 100 * i, EOT_ID] for i, n in enumerate(lengths)])
-    return TokenSplit("train", tokens.astype(np.uint16), np.r_[0, np.cumsum(lengths)].astype(np.int64))
+    return TokenSplit("train", tokens.astype(np.uint16), np.r_[0, np.cumsum(lengths)].astype(np.int64), EOT_ID)
 
 
 def test_packed_rows_are_shifted_windows_covering_every_transition():

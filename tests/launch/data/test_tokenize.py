@@ -8,12 +8,12 @@ import pytest
 from gpt_core import EOT_ID, get_tokenizer
 from launch.data import sources, tokenize
 from launch.data.sources import Chunk
-from launch.data.tokenize import tokenize_chunk, tokenize_texts
+from launch.data.tokenize import WorkerTokenizer, tokenize_chunk, tokenize_texts
 from tests.helpers import REPO, child_env, make_stories, write_jsonl
 
 from .common import prepared
 
-ENCODING = get_tokenizer().encoding
+ENCODING = WorkerTokenizer.of(get_tokenizer())
 
 
 def test_cleaning_keeps_text_as_written_and_says_why_it_drops():
@@ -32,12 +32,15 @@ def test_tokens_are_uint16_with_end_of_text_after_each_story():
 
 
 @pytest.mark.slow
-def test_worker_processes_give_the_same_cache_as_one_process(tmp_path, monkeypatch):
+@pytest.mark.parametrize("trained", [False, True], ids=["gpt2", "trained"])
+def test_worker_processes_give_the_same_cache_as_one_process(tmp_path, monkeypatch, request, trained):
     monkeypatch.setattr(tokenize, "POOL_MIN_BYTES", 0)
     monkeypatch.setattr(sources, "CHUNK_STORIES", 50)  # several chunks in flight, returned in order
     source = write_jsonl(tmp_path / "s.jsonl", make_stories(600) + make_stories(30))
-    one = prepared(source, str(tmp_path / "a"), workers=1, split_mode="shuffle")
-    two = prepared(source, str(tmp_path / "b"), workers=2, split_mode="shuffle")
+    # a trained tokenizer reaches each worker as the `tokenizers` library's own object
+    tokenizer = str(request.getfixturevalue("story_tokenizer")) if trained else None
+    one = prepared(source, str(tmp_path / "a"), workers=1, split_mode="shuffle", tokenizer=tokenizer)
+    two = prepared(source, str(tmp_path / "b"), workers=2, split_mode="shuffle", tokenizer=tokenizer)
     assert (one.meta["workers"], two.meta["workers"]) == (1, 2)
     assert one.meta["dropped"] == two.meta["dropped"] == {"exact duplicate": 30}
     for name in one.splits:
