@@ -1,6 +1,7 @@
 """Checkpoints that are never half-written.
 
     <run>/checkpoints/step-0000120/   model.safetensors, config.json   (loadable by gpt_core alone)
+                                      tokenizer.json                   (a trained tokenizer; none: GPT-2 BPE)
                                       trainer_state.json               (step, epoch, position, early stopping)
                                       state/                           (Accelerate: optimizer, scaler, RNG;
                                                                         DeepSpeed: its engine shards)
@@ -23,7 +24,16 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from gpt_core import CheckpointError, GPTConfig, load_pretrained, save_state_dict
+from gpt_core import (
+    CheckpointError,
+    GPTConfig,
+    Tokenizer,
+    load_pretrained,
+    load_tokenizer,
+    save_state_dict,
+    tokenizer_of,
+)
+from gpt_core.tokenizer import GPT2_VOCAB_SIZE, TOKENIZER_NAME
 from gpt_core.weights import CONFIG_NAME, WEIGHTS_NAME
 
 from .errors import UserError, is_disk_full
@@ -120,7 +130,9 @@ def _disk_error(e: Exception, target: Path, run_dir: Path) -> UserError:
     return UserError(f"could not write checkpoint {target.name} ({why}); {kept}")
 
 
-def save_checkpoint(accelerator, model, config: GPTConfig, run_dir: Path, trainer_state: dict, keep_last: int) -> Path:
+def save_checkpoint(
+    accelerator, model, shape: tuple[GPTConfig, Tokenizer], run_dir: Path, trainer_state: dict, keep_last: int
+) -> Path:
     """All processes call this (DeepSpeed writes a shard per rank). Returns the new folder."""
     root = checkpoints_dir(run_dir)
     final = root / f"step-{trainer_state['step']:07d}"
@@ -134,7 +146,7 @@ def save_checkpoint(accelerator, model, config: GPTConfig, run_dir: Path, traine
     try:
         accelerator.save_state(str(tmp / "state"), safe_serialization=True)
         if accelerator.is_main_process:
-            save_state_dict(state_dict, config, tmp)
+            save_state_dict(state_dict, shape[0], tmp, shape[1])
             fault_point("kill-while-saving")
             _write_json(tmp / STATE_NAME, trainer_state)
             _fsync_tree(tmp)
@@ -156,7 +168,7 @@ def save_checkpoint(accelerator, model, config: GPTConfig, run_dir: Path, traine
     return final
 
 
-def save_best(accelerator, model, config: GPTConfig, run_dir: Path, trainer_state: dict) -> None:
+def save_best(accelerator, model, shape: tuple[GPTConfig, Tokenizer], run_dir: Path, trainer_state: dict) -> None:
     """Replace checkpoints/best with the current weights. If a crash strikes between the two renames,
     `best.old` still holds the previous best and `find_best` falls back to it."""
     root = checkpoints_dir(run_dir)
@@ -166,7 +178,7 @@ def save_best(accelerator, model, config: GPTConfig, run_dir: Path, trainer_stat
     best, tmp, old = root / "best", root / ".tmp-best", root / "best.old"
     try:
         shutil.rmtree(tmp, ignore_errors=True)
-        save_state_dict(state_dict, config, tmp)
+        save_state_dict(state_dict, shape[0], tmp, shape[1])
         _write_json(tmp / STATE_NAME, trainer_state)
         _fsync_tree(tmp)
     except Exception as e:
@@ -217,7 +229,7 @@ def check_resumable(path: Path) -> None:
             )
 
 
-def read_checkpoint(path: Path, config: GPTConfig) -> dict:
+def read_checkpoint(path: Path, config: GPTConfig, tokenizer: Tokenizer) -> dict:
     """The trainer state of a resumable checkpoint, after checking it fits the model being trained."""
     check_resumable(path)
     try:
@@ -233,7 +245,32 @@ def read_checkpoint(path: Path, config: GPTConfig) -> dict:
             f"{path} was trained with a different model config (checkpoint vs now: {diff}); "
             "use the same --preset/options, or start a new --output-dir"
         )
+    check_tokenizer(path, tokenizer, "resume with the run's own (drop --tokenizer), or start a new --output-dir")
     return state
+
+
+def check_tokenizer(folder: Path, tokenizer: Tokenizer, fix: str) -> None:
+    """The weights in `folder` were trained with `tokenizer`: else one line naming both, and `fix`."""
+    own = tokenizer_of(folder)
+    if own.fingerprint != tokenizer.fingerprint:
+        raise UserError(f"{folder} was trained with {own.describe()}, not with {tokenizer.describe()}; {fix}")
+
+
+def weights_tokenizer(folder: Path, vocab_size: int, given: str | None = None) -> Tokenizer:
+    """The tokenizer of the weights in `folder` (its tokenizer.json, else GPT-2 BPE); a `given`
+    --tokenizer must be that same one. Weights that carry none and are not GPT-2-sized need `given`."""
+    if given is None:
+        chosen = tokenizer_of(folder)
+    else:
+        chosen = load_tokenizer(given)
+        if (folder / TOKENIZER_NAME).is_file() or vocab_size == GPT2_VOCAB_SIZE:
+            check_tokenizer(folder, chosen, "drop --tokenizer to use its own")
+    if chosen.vocab_size != vocab_size:
+        raise UserError(
+            f"{folder} holds a {vocab_size:,}-token model but no tokenizer.json, and {chosen.describe()} does not "
+            "fit it; pass the tokenizer it was trained with: --tokenizer PATH"
+        )
+    return chosen
 
 
 def load_training_state(accelerator, model, path: Path) -> None:
@@ -291,10 +328,11 @@ def resolve_weights(path: str | None) -> Path:
 TRAINING_ONLY = ("dropout", "attention_dropout", "init_std")
 
 
-def load_initial_weights(model, source: str) -> Path:
+def load_initial_weights(model, source: str, tokenizer: Tokenizer) -> Path:
     """--init-from: copy the weights of `source` (a run, a checkpoint, an export or a transformers
-    folder) into `model`, after checking they are the same architecture; returns the folder read."""
+    folder) into `model`, after checking they are the same architecture and tokenizer; returns the folder read."""
     folder = resolve_weights(source)
+    check_tokenizer(folder, tokenizer, "drop --tokenizer to take its own, or start from weights trained with it")
     initial = load_pretrained(folder)
     ours, theirs = model.config.to_dict(), initial.config.to_dict()
     differs = {k: (theirs[k], v) for k, v in ours.items() if k not in TRAINING_ONLY and theirs[k] != v}

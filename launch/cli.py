@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from gpt_core import CheckpointError, ConfigError, GenerationError
+from gpt_core import CheckpointError, ConfigError, GenerationError, TokenizerError
 
 from .config import BATCH_SIZE_RULE, TrainConfig
 from .errors import UserError
@@ -21,7 +21,7 @@ from .options import config_options, given_options
 from .runtime import TrainingInterrupted, rank_prefix
 from .sampling import Sampling
 
-USER_ERRORS = (UserError, ConfigError, GenerationError, CheckpointError)
+USER_ERRORS = (UserError, ConfigError, GenerationError, CheckpointError, TokenizerError)
 WIDE = {"max_content_width": 110}
 
 
@@ -128,13 +128,18 @@ cli.add_command(train_command())
 @click.option("--num-samples", "-n", type=int, default=Sampling.num_samples, help="Stories per prompt.")
 @click.option("--interactive", "-i", is_flag=True, help="Keep asking for prompts (empty line or Ctrl-D ends).")
 @click.option("--device", default="auto", help="cpu, cuda, cuda:1 ... [default: cuda if available].")
+@click.option(
+    "--tokenizer",
+    default=None,
+    help="The weights' tokenizer, for weights that carry none [default: their own tokenizer.json, else GPT-2 BPE].",
+)
 @user_errors_exit
-def generate(checkpoint, prompt, interactive, device, **sampling):
+def generate(checkpoint, prompt, interactive, device, tokenizer, **sampling):
     """Sample stories from CHECKPOINT (a run folder, a checkpoint folder, or the newest run), streaming
     tokens as they are produced."""
     from .sampling import generate_command
 
-    generate_command(checkpoint, prompt, Sampling(**sampling), interactive, device)
+    generate_command(checkpoint, prompt, Sampling(**sampling), interactive, device, tokenizer)
 
 
 @cli.command()
@@ -153,6 +158,32 @@ def prepare(ctx, **params):
 
     cfg = replace_paths(TrainConfig(), given_options(ctx, params))
     prepare_or_verify(cfg.data, cfg.seed, progress_bar=sys.stderr.isatty())
+
+
+@cli.group()
+def tokenizer():
+    """Tokenizers trained on the stories (the default stays GPT-2 BPE)."""
+
+
+@tokenizer.command("train", context_settings={"show_default": True})
+@click.option("--output", required=True, type=click.Path(file_okay=False), help="Folder to write tokenizer.json into.")
+@click.option(
+    "--vocab-size", type=int, default=4096, help="Tokens in the vocabulary, <|endoftext|> and 256 bytes included."
+)
+@config_options(TrainConfig(), only=("data.", "seed"), show_default=False, leave_out=("data.tokenizer",))
+@click.pass_context
+@user_errors_exit
+def train_tokenizer(ctx, output, vocab_size, **params):
+    """Train a byte-level BPE on the train split of the data settings given (the paper's by default),
+    never on validation or test, and write OUTPUT/tokenizer.json; then train with --tokenizer OUTPUT.
+
+    \b
+    gpt-launch tokenizer train --data ../shared/data/tinystories --vocab-size 4096 --output tokenizers/story-4k
+    """
+    from .data.tokenizer_training import train_tokenizer as train_bpe
+
+    cfg = replace_paths(TrainConfig(), given_options(ctx, params))
+    click.echo(f"tokenizer: {train_bpe(cfg.data, cfg.seed, vocab_size, Path(output))}")
 
 
 @cli.command()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from gpt_core import GPTConfig, get_preset
+from gpt_core.tokenizer import GPT2_VOCAB_SIZE, TOKENIZER_NAME, TokenizerError, load_tokenizer, tokenizer_of
 
 from .errors import UserError, is_disk_full
 from .fields import check_fields, setting
@@ -67,6 +68,12 @@ class DataConfig:
     validation_fraction: float = setting(
         0.2, "Share for validation; the rest is the test split.", on_resume="fixed", above=0
     )
+    tokenizer: str | None = setting(
+        None,
+        "A tokenizer.json, or a folder holding one (`gpt-launch tokenizer train`'s output, a run, a checkpoint, "
+        "an export), or gpt2; the model's vocabulary follows it [default: GPT-2 BPE; with --init-from, that model's].",
+        on_resume="fixed",
+    )
     min_chars: int = setting(
         20, "Stories shorter than this many characters are dropped as near-empty.", on_resume="fixed", at_least=1
     )
@@ -85,11 +92,20 @@ class DataConfig:
         if self.max_samples == 0:  # "0 for all", as the flag's help says
             object.__setattr__(self, "max_samples", None)
         check_fields(self)
+        if self.tokenizer is not None:
+            self.load_tokenizer()  # a missing or unusable tokenizer file fails here, before any work
         if self.train_fraction + self.validation_fraction >= 1:
             raise UserError(
                 f"--train-fraction {self.train_fraction} plus --validation-fraction {self.validation_fraction} "
                 "must leave room for a test split (e.g. 0.7 and 0.2)"
             )
+
+    def load_tokenizer(self):
+        return load_tokenizer(self.tokenizer)
+
+    def vocab_size(self) -> int:
+        """The model's vocabulary: the tokenizer's (GPT-2 BPE's known without loading it)."""
+        return GPT2_VOCAB_SIZE if self.tokenizer is None else self.load_tokenizer().vocab_size
 
     def cache_root(self) -> Path:
         default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpt-launch"
@@ -252,6 +268,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.init_from and self.data.tokenizer is None:  # a model's vocabulary is its tokenizer's
+            own = init_weights_tokenizer(self.init_from)
+            object.__setattr__(self, "data", dataclasses.replace(self.data, tokenizer=own))
         if not all(0 <= beta < 1 for beta in self.betas):
             raise UserError(
                 f"--betas must be two numbers in [0, 1), got {' '.join(map(str, self.betas))}; e.g. 0.9 0.95"
@@ -264,13 +283,12 @@ class TrainConfig:
 
     def check_prompts(self) -> None:
         """Each sample prompt fits the model: checked before any work, since sampling comes last."""
-        from gpt_core import get_tokenizer
         from gpt_core.generation import check_generation_args
 
-        context = self.model_config().context_length
+        context, tokenizer = self.model_config().context_length, self.data.load_tokenizer()
         for prompt in self.prompts:
             try:
-                ids = get_tokenizer().encode(prompt)
+                ids = tokenizer.encode(prompt)
                 check_generation_args(ids, self.sample_tokens, 1.0, None, None, False, context)
             except ValueError as e:
                 raise UserError(f"--prompt {prompt!r}: {e}") from None
@@ -283,7 +301,7 @@ class TrainConfig:
             base = init_weights_config(self.init_from)
         else:
             base = get_preset(self.preset or "paper")
-        return base.replace(**overrides)
+        return base.replace(vocab_size=self.data.vocab_size(), **overrides)
 
     # ---- persistence: a run remembers its settings in train_config.json ----
     def to_dict(self) -> dict:
@@ -314,9 +332,17 @@ class TrainConfig:
             raise UserError(f"could not write {path} ({why}); free space under {run_dir} and start again") from None
 
     @classmethod
-    def load(cls, path: Path) -> TrainConfig:
+    def load(cls, path: Path, own_tokenizer: Path | None = None) -> TrainConfig:
+        """`own_tokenizer`: the copy to use when the saved tokenizer path no longer exists."""
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
+            saved = json.loads(Path(path).read_text())
+            data = saved.get("data") if isinstance(saved, dict) else None
+            moved = isinstance(data, dict) and data.get("tokenizer") and not Path(data["tokenizer"]).exists()
+            if moved and own_tokenizer and own_tokenizer.is_file():
+                data["tokenizer"] = str(own_tokenizer)
+            return cls.from_dict(saved)
+        except TokenizerError:
+            raise  # its own line names the file and the fix
         except (ValueError, TypeError) as e:
             raise UserError(f"{path} is not a readable run config ({e}); fix it or start a new --output-dir") from None
 
@@ -330,10 +356,19 @@ def init_weights_config(source: str) -> GPTConfig:
     return read_config(resolve_weights(source))[0]
 
 
+def init_weights_tokenizer(source: str) -> str | None:
+    """The tokenizer file --init-from's weights were trained with; None for GPT-2 BPE."""
+    from .checkpoint import resolve_weights
+
+    path = tokenizer_of(resolve_weights(source)).path
+    return str(path) if path else None
+
+
 def saved_run_config(run_dir: Path) -> TrainConfig | None:
-    """The settings a run folder was started with, or None when it has none."""
+    """The settings a run folder was started with, or None when it has none. A tokenizer file that
+    has since moved is replaced by the run's own copy (RUN/tokenizer.json)."""
     path = Path(run_dir) / RUN_CONFIG_NAME
-    return TrainConfig.load(path) if path.is_file() else None
+    return TrainConfig.load(path, own_tokenizer=Path(run_dir) / TOKENIZER_NAME) if path.is_file() else None
 
 
 def smoke_config(base: TrainConfig | None = None) -> TrainConfig:

@@ -21,27 +21,29 @@ from pathlib import Path
 
 import torch
 
-from gpt_core import IGNORE_INDEX, get_tokenizer
+from gpt_core import IGNORE_INDEX, Tokenizer
 
 from .progress import progress
 
 
 @functools.lru_cache(maxsize=4)
-def byte_lengths(device: torch.device) -> torch.Tensor:
+def byte_lengths(tokenizer: Tokenizer, device: torch.device) -> torch.Tensor:
     """UTF-8 bytes of the text each token id stands for, the end-of-text separator counting 0."""
-    tokenizer = get_tokenizer()
     lengths = [len(tokenizer.decode_bytes([i])) for i in range(tokenizer.vocab_size)]
     lengths[tokenizer.eot_id] = 0
     return torch.tensor(lengths, dtype=torch.float64, device=device)
 
 
 @torch.no_grad()
-def evaluate(model, dataloader, accelerator, max_batches: int | None = None, desc: str | None = None) -> dict:
-    """`max_batches` caps the batches per process; `desc` shows progress (main process)."""
+def evaluate(
+    model, dataloader, accelerator, tokenizer: Tokenizer, max_batches: int | None = None, desc: str | None = None
+) -> dict:
+    """`tokenizer` gives each token's bytes; `max_batches` caps the batches per process; `desc` shows
+    progress (main process)."""
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=accelerator.device)
-    lengths = byte_lengths(accelerator.device)
+    lengths = byte_lengths(tokenizer, accelerator.device)
     total = len(dataloader) if max_batches is None else min(max_batches, len(dataloader))
     shown = desc is not None and accelerator.is_local_main_process
     with progress(total, desc or "", "batch", enabled=shown, leave=False) as bar:
@@ -76,7 +78,7 @@ def evaluate_checkpoint(
     train_config.json), each flag in `given` replacing one of them; works under `accelerate launch`."""
     from gpt_core import load_pretrained
 
-    from .checkpoint import resolve_weights, run_dir_of
+    from .checkpoint import resolve_weights, run_dir_of, weights_tokenizer
     from .config import RUN_CONFIG_NAME, TrainConfig, saved_run_config
     from .data.batching import make_dataloader, make_dataset
     from .data.prepare import prepare_data
@@ -86,16 +88,17 @@ def evaluate_checkpoint(
 
     accelerator = make_accelerator()
     folder = resolve_weights(checkpoint)
-    run_config = saved_run_config(run_dir_of(folder))
-    cfg = replace_paths(run_config or TrainConfig(), given)
-    where = run_dir_of(folder) / RUN_CONFIG_NAME if run_config else "the paper recipe"
-    accelerator.print(f"evaluate: data settings from {where}, changed by the flags given")
     model = load_pretrained(folder).to(accelerator.device)
+    tokenizer = weights_tokenizer(folder, model.config.vocab_size, given.get("data.tokenizer"))
+    run_config = saved_run_config(run_dir_of(folder))
+    cfg = replace_paths(run_config or TrainConfig(), given | {"data.tokenizer": tokenizer.path and str(tokenizer.path)})
+    where = run_dir_of(folder) / RUN_CONFIG_NAME if run_config else "the paper recipe"
+    accelerator.print(f"evaluate: data settings from {where}, changed by the flags given; {tokenizer.describe()}")
     prepared = prepare_data(cfg.data, cfg.seed, log=accelerator.print, every_rank=rank_print)
     chosen = concat_splits(prepared.splits.values()) if split == "all" else prepared.splits[split]
     dataset = make_dataset(chosen, model.config.context_length, cfg.layout)
     loader = accelerator.prepare(make_dataloader(dataset, batch_size, cfg.seed, shuffle=False, drop_last=False))
-    metrics = evaluate(model, loader, accelerator, max_batches, desc=f"evaluate {split}")
+    metrics = evaluate(model, loader, accelerator, tokenizer, max_batches, desc=f"evaluate {split}")
     result = {
         "checkpoint": str(folder),
         "data": cfg.data.source,

@@ -4,8 +4,8 @@ transformers and gpt_core both load (`AutoModelForCausalLM`, `AutoTokenizer`, `p
 
     OUT/config.json, model.safetensors   GPT-2 (pre-LN) or OpenAI GPT (post-LN), the tied matrix once
     OUT/generation_config.json           <|endoftext|> ends a story; our sampling defaults
-    OUT/tokenizer.json                   GPT-2 BPE (the `tokenizers` library's file), and
-    OUT/vocab.json, merges.txt,          the same vocabulary as GPT-2's own files
+    OUT/tokenizer.json                   the run's tokenizer (the `tokenizers` library's file), and
+    OUT/vocab.json, merges.txt,          the same vocabulary as GPT-2-style BPE files
     OUT/tokenizer_config.json
     OUT/README.md                        a Hugging Face model card: YAML metadata, then what a reader needs
     OUT/curves.png                       the training curves the card shows
@@ -21,9 +21,9 @@ import os
 import shutil
 from pathlib import Path
 
-from gpt_core import EOT_ID, load_pretrained, save_hf
+from gpt_core import Tokenizer, load_pretrained, save_hf
 from gpt_core.hf import ARCHITECTURES
-from gpt_core.tokenizer import EOT, gpt2_files
+from gpt_core.tokenizer import EOT, GPT2_VOCAB_SIZE, gpt2_files
 
 from . import checkpoint as ckpt
 from .errors import UserError
@@ -44,19 +44,21 @@ def export_model(run_dir: Path, out: Path, license: str = "mit", log=print) -> P
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} already exists and is not empty; choose a new folder or remove it")
     model = load_pretrained(best)
+    tokenizer = ckpt.weights_tokenizer(best, model.config.vocab_size)
+    eot = tokenizer.eot_id
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        notes = save_hf(model, partial, {"bos_token_id": EOT_ID, "eos_token_id": EOT_ID})
+        notes = save_hf(model, partial, {"bos_token_id": eot, "eos_token_id": eot})
     except ValueError as e:  # a shape no stock transformers class computes
         raise UserError(f"{best} cannot be exported: {e}") from None
     for note in notes:
         log(f"export: note: {note}")
-    write_tokenizer(partial, model.config.context_length)
+    write_tokenizer(partial, model.config.context_length, tokenizer)
     generation = {
-        "bos_token_id": EOT_ID,
-        "eos_token_id": EOT_ID,
-        "pad_token_id": EOT_ID,
+        "bos_token_id": eot,
+        "eos_token_id": eot,
+        "pad_token_id": eot,
         "do_sample": True,
         "temperature": Sampling.temperature,  # gpt-launch generate's defaults
         "top_k": Sampling.top_k,
@@ -67,7 +69,7 @@ def export_model(run_dir: Path, out: Path, license: str = "mit", log=print) -> P
     if (run_dir / "curves.png").exists():
         shutil.copyfile(run_dir / "curves.png", partial / "curves.png")
     (partial / "README.md").write_text(
-        model_card(summary, out.name, license, with_curves=(partial / "curves.png").exists())
+        model_card(summary, out.name, license, tokenizer, with_curves=(partial / "curves.png").exists())
     )
     if out.exists():
         out.rmdir()  # empty, checked above
@@ -75,20 +77,25 @@ def export_model(run_dir: Path, out: Path, license: str = "mit", log=print) -> P
     return out
 
 
-def write_tokenizer(folder: Path, context: int) -> None:
-    """GPT-2's BPE as transformers loads it: tokenizer.json (built with the `tokenizers` library from
-    GPT-2's own files, byte-level, <|endoftext|> special), plus vocab.json and merges.txt."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+def write_tokenizer(folder: Path, context: int, tokenizer: Tokenizer) -> None:
+    """The run's BPE as transformers loads it: tokenizer.json (byte-level, <|endoftext|> special),
+    plus vocab.json and merges.txt. GPT-2's is built with the `tokenizers` library from GPT-2's own
+    files; a trained one is its own tokenizer.json."""
+    if tokenizer.save(folder) is not None:  # a trained tokenizer
+        tokenizer.encoding.model.save(str(folder))  # its vocab.json and merges.txt
+    else:
+        from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
+        from tokenizers import Tokenizer as Backend
 
-    encoder_json, vocab_bpe = gpt2_files()
-    tokenizer = Tokenizer(models.BPE.from_file(str(encoder_json), str(vocab_bpe)))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
-    tokenizer.add_special_tokens([AddedToken(EOT, special=True)])
-    tokenizer.save(str(folder / "tokenizer.json"))
-    shutil.copyfile(encoder_json, folder / "vocab.json")
-    shutil.copyfile(vocab_bpe, folder / "merges.txt")
+        encoder_json, vocab_bpe = gpt2_files()
+        gpt2 = Backend(models.BPE.from_file(str(encoder_json), str(vocab_bpe)))
+        gpt2.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        gpt2.decoder = decoders.ByteLevel()
+        gpt2.post_processor = processors.ByteLevel(trim_offsets=False)
+        gpt2.add_special_tokens([AddedToken(EOT, special=True)])
+        gpt2.save(str(folder / "tokenizer.json"))
+        shutil.copyfile(encoder_json, folder / "vocab.json")
+        shutil.copyfile(vocab_bpe, folder / "merges.txt")
     config = {
         "tokenizer_class": "GPT2Tokenizer",
         "bos_token": EOT,
@@ -141,7 +148,7 @@ def _card_metadata(summary: RunSummary, name: str, license: str) -> dict:
     return metadata
 
 
-def model_card(summary: RunSummary, name: str, license: str = "mit", with_curves: bool = False) -> str:
+def model_card(summary: RunSummary, name: str, license: str, tokenizer: Tokenizer, with_curves: bool = False) -> str:
     """The README.md of an exported folder: YAML metadata (license, datasets, metrics), then prose."""
     import yaml
 
@@ -163,7 +170,7 @@ def model_card(summary: RunSummary, name: str, license: str = "mit", with_curves
         f"{m['n_layer']} decoder layers, {m['n_head']} heads, d_model {m['d_model']}, "
         f"feed-forward {m['d_ff']} with GELU, sinusoidal positions, {m['norm']}-LayerNorm with residuals, "
         f"dropout {m['dropout']}, context {m['context_length']} "
-        f"tokens, GPT-2 BPE vocabulary ({m['vocab_size']:,} tokens) with the output layer tied to the embedding "
+        f"tokens, {_vocabulary(tokenizer)} with the output layer tied to the embedding "
         f"(preset `{m.get('preset') or 'custom'}`).",
         "",
         "## Data",
@@ -181,10 +188,16 @@ def model_card(summary: RunSummary, name: str, license: str = "mit", with_curves
         f"under the {DATA_LICENCE} licence; text derived from it must keep that licence.",
         "",
     ]
-    return "\n".join(lines + _card_results(summary, samples, with_curves))
+    return "\n".join(lines + _card_results(summary, samples, with_curves, tokenizer))
 
 
-def _card_results(summary: RunSummary, samples: list[str], with_curves: bool) -> list[str]:
+def _vocabulary(tokenizer: Tokenizer) -> str:
+    if tokenizer.path is None:
+        return f"GPT-2's byte-level BPE vocabulary ({GPT2_VOCAB_SIZE:,} tokens)"
+    return f"a byte-level BPE vocabulary of {tokenizer.vocab_size:,} tokens trained on the train split of the stories"
+
+
+def _card_results(summary: RunSummary, samples: list[str], with_curves: bool, tokenizer: Tokenizer) -> list[str]:
     cfg = summary.config
     return [
         "## Training recipe",
@@ -221,17 +234,17 @@ def _card_results(summary: RunSummary, samples: list[str], with_curves: bool) ->
         "With gpt_core (plain PyTorch, the code it was trained with):",
         "",
         "```python",
-        "from gpt_core import generate, get_tokenizer, load_pretrained",
+        "from gpt_core import generate, load_pretrained, tokenizer_of",
         "",
         'model = load_pretrained("path/to/this/folder")  # or huggingface_hub.snapshot_download("user/repo")',
-        "tokenizer = get_tokenizer()",
-        'ids = generate(model, tokenizer.encode("Once upon a time"), 200)',
+        'tokenizer = tokenizer_of("path/to/this/folder")',
+        'ids = generate(model, tokenizer.encode("Once upon a time"), 200, eos_id=tokenizer.eot_id)',
         "print(tokenizer.decode(ids))",
         "```",
         "",
         "`config.json` and `model.safetensors` are in transformers' format (the tied output layer stored once, as the "
         "token embedding, which holds the embedding times sqrt(d_model) the model was trained with); the tokenizer is "
-        "GPT-2's byte-level BPE with `<|endoftext|>` (50256) ending each story.",
+        f"{_vocabulary(tokenizer)}, with `<|endoftext|>` ({tokenizer.eot_id}) ending each story.",
         "",
     ]
 

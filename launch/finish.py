@@ -26,7 +26,7 @@ def test_and_summarise(run, reason: str) -> dict:
     # A plain gpt_core model from the best safetensors: the same path under DDP, ZeRO-2 and ZeRO-3.
     best = load_pretrained(best_dir).to(acc.device)
     fault_point("kill-during-test")
-    test = evaluate(best, run.loaders["test"], acc, run.cfg.test_batches, desc="test")
+    test = evaluate(best, run.loaders["test"], acc, run.data.tokenizer, run.cfg.test_batches, desc="test")
     capped = f", first {run.cfg.test_batches} batches per process" if run.cfg.test_batches else ""
     run.say(
         f"test (best weights, step {run.early.best_step}{capped}): loss {test['loss']:.4f} "
@@ -36,7 +36,7 @@ def test_and_summarise(run, reason: str) -> dict:
     run.log.log({"kind": "test", "step": state.step, **test})
     summary = {"stop_reason": reason, "steps": state.step, "test": test}  # what every process knows
     if acc.is_main_process:
-        samples = sample_stories(best, run.cfg.prompts, run.cfg.sample_tokens, run.cfg.seed)
+        samples = sample_stories(best, run.data.tokenizer, run.cfg.prompts, run.cfg.sample_tokens, run.cfg.seed)
         for s in samples:
             run.say(f"sample: {s['prompt']}{s['text']}\n")
         curves = plot_curves(read_metrics(run.run_dir), run.run_dir / "curves.png")

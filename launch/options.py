@@ -56,12 +56,15 @@ class IntOrWord(click.ParamType):
             self.fail(f"{value!r} is not a whole number or one of {', '.join(self.words)}", param, ctx)
 
 
-def config_options(defaults: TrainConfig, only: tuple[str, ...] | None = None, show_default: bool = True):
-    """click options for the config fields (all, or those whose dotted name starts with one of `only`)."""
+def config_options(
+    defaults: TrainConfig, only: tuple[str, ...] | None = None, show_default: bool = True, leave_out: tuple = ()
+):
+    """click options for the config fields (all, or those whose dotted name starts with one of `only`),
+    except those named in `leave_out`."""
     options = [
         _click_option(dotted, f, annotation, get_path(defaults, dotted), show_default)
         for dotted, f, annotation in leaf_fields(TrainConfig)
-        if only is None or dotted.startswith(only)
+        if (only is None or dotted.startswith(only)) and dotted not in leave_out
     ]
 
     def decorate(fn):

@@ -147,11 +147,19 @@ def for_next_session(saved: TrainConfig, defaults: TrainConfig) -> TrainConfig:
     )
 
 
+def _same_tokenizer(before, after) -> bool:
+    """Two data settings name the same tokenizer (its content, wherever the file is)."""
+    try:
+        return before.load_tokenizer().fingerprint == after.load_tokenizer().fingerprint
+    except ValueError:  # the saved file is gone: not known to be the same
+        return False
+
+
 def resume_changes(saved: TrainConfig, now: TrainConfig) -> dict[str, list[str]]:
     """What differs between a run's saved settings and these, grouped by resume policy."""
     grouped: dict[str, list[str]] = {"fixed": [], "warn": [], "free": [], "session": []}
     for dotted, f, _ in leaf_fields(TrainConfig):
         before, after = get_path(saved, dotted), get_path(now, dotted)
-        if before != after:
+        if before != after and not (dotted == "data.tokenizer" and _same_tokenizer(saved.data, now.data)):
             grouped[f.metadata["on_resume"]].append(f"{flag_of(f)} {before!r} -> {after!r}")
     return grouped

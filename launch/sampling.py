@@ -8,20 +8,19 @@ from dataclasses import dataclass
 
 import click
 
-from gpt_core import GenerationError, generate, generate_stream, get_tokenizer, load_pretrained
+from gpt_core import GenerationError, Tokenizer, generate, generate_stream, load_pretrained
 from gpt_core.generation import check_generation_args
 
-from .checkpoint import resolve_weights
+from .checkpoint import resolve_weights, weights_tokenizer
 from .errors import UserError
 from .runtime import resolve_device
 
 
-def sample_stories(model, prompts: tuple[str, ...], max_tokens: int, seed: int) -> list[dict]:
+def sample_stories(model, tokenizer: Tokenizer, prompts: tuple[str, ...], max_tokens: int, seed: int) -> list[dict]:
     """One story per prompt, seeded by `seed` + its index, as a run's summary records them."""
-    tokenizer = get_tokenizer()
     samples = []
     for i, prompt in enumerate(prompts):
-        ids = generate(model, tokenizer.encode(prompt), max_tokens, seed=seed + i)
+        ids = generate(model, tokenizer.encode(prompt), max_tokens, eos_id=tokenizer.eot_id, seed=seed + i)
         samples.append({"prompt": prompt, "text": tokenizer.decode([t for t in ids if t != tokenizer.eot_id])})
     return samples
 
@@ -37,17 +36,21 @@ class Sampling:
     num_samples: int = 1
 
 
-def generate_command(checkpoint: str | None, prompt: str, sampling: Sampling, interactive: bool, device: str) -> None:
+def generate_command(
+    checkpoint: str | None, prompt: str, sampling: Sampling, interactive: bool, device: str, tokenizer: str | None
+) -> None:
     """`gpt-launch generate`: stream `sampling.num_samples` stories for `prompt`, or for each prompt
-    typed in an interactive session (an empty line or Ctrl-D ends it)."""
+    typed in an interactive session (an empty line or Ctrl-D ends it). The tokenizer is the weights'
+    own; `tokenizer` (--tokenizer) must be that one, or name it for weights that carry none."""
     for flag, value in (("--max-tokens", sampling.max_tokens), ("--num-samples", sampling.num_samples)):
         if value < 1:
             raise UserError(f"{flag} must be >= 1, got {value}")
     folder = resolve_weights(checkpoint)
     model = load_pretrained(folder, map_location=resolve_device(device)).eval()
-    click.echo(f"model: {folder} ({model.num_params():,} parameters)", err=True)
+    words = weights_tokenizer(folder, model.config.vocab_size, tokenizer)
+    click.echo(f"model: {folder} ({model.num_params():,} parameters, {words.describe()})", err=True)
     if not interactive:
-        stream_stories(model, prompt, sampling)
+        stream_stories(model, words, prompt, sampling)
         return
     while True:
         try:
@@ -57,13 +60,12 @@ def generate_command(checkpoint: str | None, prompt: str, sampling: Sampling, in
         if not text.strip():
             break
         try:
-            stream_stories(model, text, sampling)
+            stream_stories(model, words, text, sampling)
         except (UserError, GenerationError) as e:  # a bad prompt should not end the session
             click.echo(f"error: {e}", err=True)
 
 
-def stream_stories(model, text: str, s: Sampling) -> None:
-    tokenizer = get_tokenizer()
+def stream_stories(model, tokenizer: Tokenizer, text: str, s: Sampling) -> None:
     ids = tokenizer.encode(text)
     # Checked before the prompt is echoed, so an error is a line of its own.
     check_generation_args(
@@ -74,6 +76,7 @@ def stream_stories(model, text: str, s: Sampling) -> None:
         click.echo(text, nl=False)
         seed = None if s.seed is None else s.seed + n
         options = {"temperature": s.temperature, "top_k": s.top_k or None, "top_p": s.top_p, "greedy": s.greedy}
+        options["eos_id"] = tokenizer.eot_id
         for token in generate_stream(model, ids, s.max_tokens, seed=seed, **options):
             if token != tokenizer.eot_id:
                 click.echo(decoder.decode(tokenizer.decode_bytes([token])), nl=False)

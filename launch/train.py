@@ -115,7 +115,7 @@ def build_run(cfg: TrainConfig, resume_from: Path | None) -> Run:
     source = f"from {cfg.init_from}" if cfg.init_from and not cfg.preset else f"preset {cfg.preset or 'paper'}"
     accelerator.print(f"model: {source}, {model.num_params():,} parameters, norm={model_config.norm}")
     if cfg.init_from and resume_from is None:
-        folder = ckpt.load_initial_weights(model, cfg.init_from)
+        folder = ckpt.load_initial_weights(model, cfg.init_from, data.tokenizer)
         accelerator.print(f"init: weights from {folder}; the optimizer, schedule and step start fresh")
     model.activation_checkpointing = cfg.activation_checkpointing
     cfg = resolve_auto_batch(cfg, accelerator, model)
@@ -165,6 +165,7 @@ def _open_run_folder(run: Run, resume_from: Path | None) -> None:
     run.log = RunLog(accelerator, run.run_dir, cfg.tracker, cfg.project, name, cfg.to_dict(), resumed_step)
     if accelerator.is_main_process:
         cfg.save(run.run_dir)
+        run.data.tokenizer.save(run.run_dir)  # the run's own copy, should the tokenizer file move
 
 
 def _make_loaders(cfg: TrainConfig, accelerator, data: PreparedData, context: int, batch_size: int) -> dict:
@@ -208,7 +209,7 @@ def _plan_length(run: Run) -> None:
 
 
 def _restore(run: Run, path: Path) -> None:
-    saved = ckpt.read_checkpoint(path, run.model_config)
+    saved = ckpt.read_checkpoint(path, run.model_config, run.data.tokenizer)
     ckpt.load_training_state(run.accelerator, run.model, path)
     run.state.load_state_dict(saved)
     run.early.load_state_dict(saved)
@@ -340,7 +341,7 @@ def log_training(run: Run, epoch: int) -> None:
 
 def validate(run: Run, epoch: int, epoch_end: bool) -> bool:
     """Evaluate on the validation split, keep the best weights; True when early stopping says stop."""
-    metrics = evaluate(run.model, run.loaders["validation"], run.accelerator, run.cfg.eval_batches)
+    metrics = evaluate(run.model, run.loaders["validation"], run.accelerator, run.data.tokenizer, run.cfg.eval_batches)
     step = run.state.step
     run.log.log({"kind": "eval", "step": step, "epoch": epoch, "epoch_end": epoch_end, **metrics})
     run.say(
@@ -349,14 +350,14 @@ def validate(run: Run, epoch: int, epoch_end: bool) -> bool:
         f"({metrics['tokens']:,} tokens)"
     )
     if run.early.update(metrics, step):
-        ckpt.save_best(run.accelerator, run.model, run.model_config, run.run_dir, run.checkpoint_state())
+        shape = (run.model_config, run.data.tokenizer)  # what a weights folder records besides the weights
+        ckpt.save_best(run.accelerator, run.model, shape, run.run_dir, run.checkpoint_state())
     return run.early.should_stop(run.accelerator)
 
 
 def save(run: Run, why: str) -> None:
-    path = ckpt.save_checkpoint(
-        run.accelerator, run.model, run.model_config, run.run_dir, run.checkpoint_state(), run.cfg.keep_last
-    )
+    shape, acc = (run.model_config, run.data.tokenizer), run.accelerator
+    path = ckpt.save_checkpoint(acc, run.model, shape, run.run_dir, run.checkpoint_state(), run.cfg.keep_last)
     run.say(f"checkpoint: {path} ({why.split(';')[0]})")
 
 

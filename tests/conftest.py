@@ -4,7 +4,8 @@ import shutil
 
 import pytest
 
-from tests.helpers import REFERENCE, SHARED_TINYSTORIES, WANDB_SECRET, tiny_run, train_here
+from launch.config import SMOKE_DATA
+from tests.helpers import REFERENCE, SHARED_TINYSTORIES, STORY_RUN, WANDB_SECRET, invoke, tiny_run, train_here
 
 
 @pytest.fixture
@@ -51,4 +52,34 @@ def wandb_offline_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("wandb") / "run"
     env = {"WANDB_MODE": "offline", "WANDB_API_KEY": WANDB_SECRET, "WANDB_SILENT": "true"}
     tiny_run(out, "--tracker", "wandb", "--max-steps", "4", "--log-every", "1", "--log-checkpoint", env=env)
+    return out
+
+
+@pytest.fixture(scope="session")
+def story_tokenizer(tmp_path_factory):
+    """A 512-token BPE trained on the shipped smoke stories, by the CLI: its folder."""
+    out = tmp_path_factory.mktemp("tokenizer") / "story-512"
+    cache = out.parent / "cache"
+    invoke(
+        "tokenizer",
+        "train",
+        "--data",
+        SMOKE_DATA,
+        "--data-cache",
+        cache,
+        "--vocab-size",
+        512,
+        "--output",
+        out,
+        check=True,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def story_run(story_tokenizer, tmp_path_factory):
+    """A tiny run with story_tokenizer, paused at step 4 and resumed to its end without the flag."""
+    out = tmp_path_factory.mktemp("story") / "run"
+    train_here(out, "--tokenizer", story_tokenizer, *STORY_RUN, "--stop-after-steps", "4")
+    train_here(out, *STORY_RUN, "--resume", "auto")
     return out

@@ -28,6 +28,7 @@ REFERENCE = [
     "--eval-every",
     "4",
 ]
+STORY_RUN = ("--max-steps", "8", "--eval-every", "2", "--log-every", "1")  # conftest's story_run
 WANDB_SECRET = "0123456789abcdef0123456789abcdef01234567"  # shaped like a W&B API key
 
 

@@ -14,6 +14,7 @@ from launch.config import SMOKE_DATA, DataConfig
 from launch.data.batching import PackedDataset
 from launch.data.prepare import prepare_data
 from tests.helpers import invoke, launch_two, run_cli
+from tests.launch.data.common import story_texts
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +212,25 @@ def test_generate_without_a_path_uses_the_newest_run(run_dir, tmp_path, monkeypa
     shutil.copytree(run_dir, tmp_path / "runs" / "mine")
     result = invoke("generate", "--max-tokens", "3", "--seed", "0")
     assert result.exit_code == 0 and "runs/mine/checkpoints/best" in result.stderr
+
+
+# ---- a run with a trained tokenizer: the weights carry it, so no flag is needed to find it ----
+def test_evaluate_and_generate_use_the_tokenizer_the_weights_carry(story_run, story_tokenizer, tmp_path):
+    out = tmp_path / "validation.json"
+    result = invoke("evaluate", story_run, "--split", "validation", "--layout", "documents", "--json-out", out)
+    assert result.exit_code == 0 and "512-token BPE" in result.stdout
+    got = json.loads(out.read_text())
+    stories = prepare_data(
+        DataConfig(source=str(SMOKE_DATA), cache_dir=str(story_run.parent / "cache"), tokenizer=str(story_tokenizer)),
+        log=lambda *_: None,
+    )
+    texts = story_texts(stories.splits["validation"], stories.tokenizer)
+    assert got["bytes"] == sum(len(t.encode()) for t in texts)  # each story's text scored once, in its own bytes
+    assert got["tokens"] == len(stories.splits["validation"].tokens) - len(texts)  # no <|endoftext|> predicted
+    sample = invoke("generate", story_run, "--max-tokens", "30", "--seed", "1", check=True)
+    assert sample.stdout.startswith("Once upon a time") and "<|endoftext|>" not in sample.stdout
+    for command in ("generate", "evaluate"):
+        refused = invoke(command, story_run, "--tokenizer", "gpt2")
+        errors = [line for line in refused.stderr.splitlines() if "error:" in line]
+        assert refused.exit_code == 2 and len(errors) == 1, refused.stderr
+        assert "was trained with the 512-token BPE" in errors[0] and "not with GPT-2 BPE (50,257 tokens)" in errors[0]

@@ -172,3 +172,28 @@ def test_lm_evaluation_harness_scores_the_export_as_evaluate_does(exported, tmp_
     measured = json.loads(ours.read_text())
     assert measured["tokens"] > len(stories) * 32  # stories past the context: scored in windows
     assert measured["bits_per_byte"] == pytest.approx(harness, rel=1e-3)
+
+
+def test_an_export_with_a_trained_tokenizer_loads_in_transformers(story_run, tmp_path, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    from gpt_core import tokenizer_of
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "story-export"
+    assert invoke("export", story_run, out).exit_code == 0
+    ours, words = (
+        load_pretrained(story_run / "checkpoints" / "best").eval(),
+        tokenizer_of(story_run / "checkpoints" / "best"),
+    )
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    text = 'Once upon a time, Tom said "hi!" to 東京 🐉.\n\nThe end.<|endoftext|>'
+    ids = words.encode(text, allow_special=True)
+    assert tokenizer(text)["input_ids"] == ids and max(ids) < 512 and tokenizer.decode(ids) == text
+    assert tokenizer.eos_token_id == words.eot_id == transformers.AutoConfig.from_pretrained(out).eos_token_id
+    model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert model.config.vocab_size == 512
+    with torch.no_grad():
+        x = torch.tensor([ids[: ours.config.context_length]])
+        assert (model(x).logits - ours(x)[0]).abs().max() <= 1e-4
+    assert tokenizer_of(out).fingerprint == words.fingerprint  # gpt_core finds the same tokenizer there
+    assert "512 tokens trained on the train split" in (out / "README.md").read_text()

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gpt_core import load_pretrained
+from gpt_core import load_pretrained, load_tokenizer
 from launch.config import SMOKE_DATA, DataConfig
-from tests.helpers import REFERENCE, WANDB_SECRET, invoke, losses, records, run_cli, train_here
+from tests.helpers import REFERENCE, STORY_RUN, WANDB_SECRET, invoke, losses, records, run_cli, train_here
 
 
 # ---- the loop, run for real ---------------------------------------------------------------------
@@ -356,3 +356,44 @@ def test_tensorboard_holds_each_step_once_when_a_resume_redoes_steps(tmp_path):
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
     assert [r["step"] for r in records(out, "train")] == [1, 2, 3, 4, 5, 6]
+
+
+# ---- a trained tokenizer: the run's vocabulary, carried by every checkpoint ----------------------
+@pytest.mark.slow
+def test_a_run_with_a_trained_tokenizer_resumes_bit_for_bit_and_carries_it(story_run, story_tokenizer, tmp_path):
+    straight = tmp_path / "straight"
+    train_here(straight, "--tokenizer", story_tokenizer, *STORY_RUN)
+    assert losses(story_run) == losses(straight) and records(story_run, "test") == records(straight, "test")
+    summary = json.loads((story_run / "summary.json").read_text())
+    assert summary["model"]["vocab_size"] == 512 and summary["data"]["tokenizer"]["vocab_size"] == 512
+    for folder in (story_run, story_run / "checkpoints" / "best", *(story_run / "checkpoints").glob("step-*")):
+        assert load_tokenizer(folder).fingerprint == load_tokenizer(story_tokenizer).fingerprint, folder
+    assert all(s["text"] for s in summary["samples"])
+
+
+def test_init_from_takes_the_weights_tokenizer_and_refuses_another(tmp_path, story_run):
+    refused = invoke(*init_options(tmp_path / "a", story_run, "--tokenizer", "gpt2"))
+    errors = [line for line in refused.stderr.splitlines() if "error:" in line]
+    assert refused.exit_code == 2 and len(errors) == 1, refused.stderr
+    assert "was trained with the 512-token BPE" in errors[0] and "not with GPT-2 BPE" in errors[0]
+    invoke(*init_options(tmp_path / "b", story_run), check=True)  # no flag: its own tokenizer
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["model"]["vocab_size"] == 512
+
+
+def test_resume_with_another_tokenizer_of_the_same_size_is_refused_naming_both(tmp_path, story_run):
+    import shutil
+
+    other = tmp_path / "other-512"  # the smoke stories cut another way: another 512-token BPE
+    cache = story_run.parent / "cache"
+    train = ["--data", SMOKE_DATA, "--data-cache", cache, "--split-mode", "shuffle", "--seed", "7"]
+    invoke("tokenizer", "train", *train, "--vocab-size", "512", "--output", other, check=True)
+    run = tmp_path / "run"
+    shutil.copytree(story_run, run)
+    (run / "summary.json").unlink()  # as if it were paused: a finished run is not trained again
+    result = invoke("train", "--resume", "auto", "--output-dir", run, "--tokenizer", other, "--allow-changes")
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert result.exit_code == 2 and len(errors) == 1, result.stderr
+    assert (
+        f"the 512-token BPE in {other / 'tokenizer.json'}" in errors[0]
+        and "was trained with the 512-token" in errors[0]
+    )

@@ -1,13 +1,14 @@
 """What the data tests share: small stories in every format, and reading a prepared cache back as text."""
 
 import gzip
+import itertools
 import json
 
 import pandas as pd
 
-from gpt_core import get_tokenizer
 from launch.config import DataConfig
 from launch.data.prepare import prepare_data
+from launch.data.tokenizer_training import split_texts
 from tests.helpers import make_stories, write_jsonl
 
 STORIES = make_stories(60)
@@ -17,15 +18,13 @@ def prepared(source, cache_dir, seed=1234, **kw):
     return prepare_data(DataConfig(source=str(source), cache_dir=cache_dir, **kw), seed, log=lambda *_: None)
 
 
-def story_texts(split):
+def story_texts(split, tokenizer=None):
     """Each story of a TokenSplit decoded back to text, without its <|endoftext|>."""
-    tok = get_tokenizer()
-    bounds = zip(split.offsets[:-1], split.offsets[1:], strict=True)
-    return [tok.decode(split.tokens[a:b]).removesuffix("<|endoftext|>") for a, b in bounds]
+    return list(itertools.chain.from_iterable(split_texts(split, tokenizer)))
 
 
 def all_text(p):
-    return {name: story_texts(s) for name, s in p.splits.items()}
+    return {name: story_texts(s, p.tokenizer) for name, s in p.splits.items()}
 
 
 def write_format(tmp_path, fmt, gz, stories=STORIES):

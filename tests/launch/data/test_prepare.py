@@ -35,6 +35,25 @@ def test_cache_hit_then_miss_on_change(tmp_path, cache_dir):
     assert all(len(p.name) == 20 and p.is_dir() for p in changed.cache_dir.parent.iterdir())
 
 
+def test_the_cache_of_one_tokenizer_is_never_served_for_another(tmp_path, cache_dir, story_tokenizer):
+    source = write_jsonl(tmp_path / "s.jsonl", STORIES)
+    gpt2 = prepared(source, cache_dir)
+    story = prepared(source, cache_dir, tokenizer=str(story_tokenizer))
+    assert not story.from_cache and story.cache_dir != gpt2.cache_dir
+    assert story.meta["tokenizer"]["fingerprint"] == story.tokenizer.fingerprint != gpt2.tokenizer.fingerprint
+    assert story.splits["train"].tokens.dtype == np.uint16 and story.splits["train"].eot_id == story.tokenizer.eot_id
+    assert all_text(story) == all_text(gpt2)  # the same stories, other ids
+    assert story.splits["train"].tokens.max() < 512 < gpt2.splits["train"].tokens.max()
+    copy = tmp_path / "copied-tokenizer.json"  # the same tokenizer elsewhere (a run's copy): the same cache
+    copy.write_bytes((story_tokenizer / "tokenizer.json").read_bytes())
+    again = prepared(source, cache_dir, tokenizer=str(copy))
+    assert again.from_cache and again.cache_dir == story.cache_dir
+    meta = story.cache_dir / "meta.json"  # a cache whose record says another tokenizer is not read
+    meta.write_text(meta.read_text().replace(story.tokenizer.fingerprint, gpt2.tokenizer.fingerprint))
+    with pytest.raises(UserError, match="was not built with the 512-token BPE"):
+        prepared(source, cache_dir, tokenizer=str(story_tokenizer))
+
+
 def test_smoke_data_ships_with_the_package(cache_dir):
     p = prepared(SMOKE_DATA, cache_dir)
     assert all(split.num_stories > 0 for split in p.splits.values())
