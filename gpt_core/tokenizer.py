@@ -88,6 +88,11 @@ def _fingerprint(vocab: dict[str, int], merges: list, special: dict[str, int]) -
     return hashlib.sha256(material.encode()).hexdigest()
 
 
+def _special_tokens(data: dict) -> dict[str, int]:
+    """A tokenizer.json's special tokens, {text: id}."""
+    return {t["content"]: t["id"] for t in data.get("added_tokens", []) if t.get("special")}
+
+
 @lru_cache(maxsize=1)
 def _gpt2_fingerprint() -> str:
     encoder_json, vocab_bpe = gpt2_files()
@@ -159,15 +164,16 @@ class TrainedTokenizer(Tokenizer):
         except TokenizerError:
             raise
         except Exception as e:  # a field missing or mistyped; `tokenizers` itself raises plain Exceptions
+            why = (str(e).strip().splitlines() or [""])[0][:120]
             raise TokenizerError(
-                f"{path} is not a usable tokenizer.json ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                f"{path} is not a usable tokenizer.json ({type(e).__name__}: {why}); "
                 "train one with `gpt-launch tokenizer train`"
             ) from None
 
     def _load(self, data: dict, model: dict) -> None:
         from tokenizers import Tokenizer as Backend
 
-        special = {t["content"]: t["id"] for t in data.get("added_tokens", []) if t.get("special")}
+        special = _special_tokens(data)
         if EOT not in special:
             raise TokenizerError(f"{self.path} has no {EOT} special token; train one with `gpt-launch tokenizer train`")
         vocab = {**model["vocab"], **special}
@@ -256,11 +262,14 @@ def _load_file(path: Path, mtime_ns: int, size: int) -> Tokenizer:
     if not isinstance(data, dict):
         raise TokenizerError(f"{path} is not a tokenizer.json (a JSON {type(data).__name__})")
     model = data.get("model") or {}
-    if len(model.get("vocab") or ()) == GPT2_VOCAB_SIZE:  # GPT-2's own file: served by tiktoken
-        special = {t["content"]: t["id"] for t in data.get("added_tokens", []) if t.get("special")}
-        if _fingerprint(model["vocab"], model.get("merges", []), special) == _gpt2_fingerprint():
-            return get_tokenizer()
-    return TrainedTokenizer(path, data)
+    return get_tokenizer() if _is_gpt2(data, model) else TrainedTokenizer(path, data)
+
+
+def _is_gpt2(data: dict, model: dict) -> bool:
+    """GPT-2's own tokenizer.json (an export's, the Hub's): served by tiktoken."""
+    if len(model.get("vocab") or ()) != GPT2_VOCAB_SIZE:
+        return False
+    return _fingerprint(model["vocab"], model.get("merges", []), _special_tokens(data)) == _gpt2_fingerprint()
 
 
 def tokenizer_of(folder: str | Path) -> Tokenizer:

@@ -88,8 +88,8 @@ def prepare_data(
         with build_lock(tokens_dir / f"{key}.lock", scratch, every_rank):
             from_cache = (target / "meta.json").exists()  # another process built it while we waited
             if not from_cache:
-                job = (cfg, seed, (main, heldout), tokenizer)
-                _build_atomically(job, target, scratch, how, every_rank, progress_bar)
+                sources = (main, heldout)
+                _build_atomically(cfg, seed, sources, tokenizer, target, scratch, how, every_rank, progress_bar)
                 (tokens_dir / f"{key}.lock").unlink(missing_ok=True)
     meta = json.loads((target / "meta.json").read_text())
     if meta.get("tokenizer", {}).get("fingerprint") != tokenizer.fingerprint:
@@ -205,13 +205,21 @@ def _sources(cfg: DataConfig) -> tuple[Source, Source | None]:
     return main, Source.of(cfg.heldout_source, cfg.text_field, cfg.hub_split, None)
 
 
-def _build_atomically(job: tuple, target: Path, scratch: Path, how: str, log, bar: bool) -> None:
-    """`job`: (data config, seed, (source, held-out source or None), tokenizer)."""
-    cfg, tokenizer = job[0], job[3]
+def _build_atomically(
+    cfg: DataConfig,
+    seed,
+    sources: tuple[Source, Source | None],
+    tokenizer: Tokenizer,
+    target: Path,
+    scratch: Path,
+    how: str,
+    log,
+    bar: bool,
+) -> None:
     shutil.rmtree(scratch, ignore_errors=True)  # an interrupted build's leftovers: we hold the lock
     scratch.mkdir(parents=True)
     try:
-        meta = _build(*job, scratch, how, bar, log)
+        meta = _build(cfg, seed, sources, tokenizer, scratch, how, bar, log)
         meta.update(version=CACHE_VERSION, source=cfg.source, how=how)
         meta["tokenizer"] = {
             "fingerprint": tokenizer.fingerprint,

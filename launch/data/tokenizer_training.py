@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from gpt_core import Tokenizer, get_tokenizer, load_tokenizer
-from gpt_core.tokenizer import EOT, TOKENIZER_NAME
+from gpt_core import Tokenizer, get_tokenizer
+from gpt_core.tokenizer import EOT, TOKENIZER_NAME, TrainedTokenizer
 
 from ..config import DataConfig
 from ..errors import UserError
@@ -70,11 +70,9 @@ def train_tokenizer(
         show_progress=False,
     )
     backend.train_from_iterator(split_texts(train), trainer=trainer, length=train.num_stories)
+    trained = TrainedTokenizer(target, json.loads(backend.to_str()))  # checked as every tokenizer.json is
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{TOKENIZER_NAME}.partial")
-    partial.write_text(backend.to_str(pretty=True), encoding="utf-8")
-    os.replace(partial, target)
-    trained = load_tokenizer(target)
+    trained.save(target.parent)
     if trained.vocab_size < vocab_size:
         log(f"tokenizer: the stories hold only {trained.vocab_size:,} distinct tokens' worth of merges")
     log(f"tokenizer: {trained.describe()} written in {time.perf_counter() - start:.1f} s")
