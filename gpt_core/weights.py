@@ -28,17 +28,27 @@ class CheckpointError(ValueError):
     """A weights folder that cannot be loaded; the message names the file and the fix."""
 
 
+COMPILED_PREFIX = "_orig_mod."  # what a torch.compile wrapper puts before each of its module's keys
+
+
+def plain_keys(state_dict: dict) -> dict:
+    """The same tensors under the model's own names, whether `state_dict` came from the model or from
+    a torch.compile wrapper around it (as Accelerate's get_state_dict returns it under dynamo)."""
+    return {k.replace(COMPILED_PREFIX, ""): v for k, v in state_dict.items()}
+
+
 def save_state_dict(
     state_dict: dict, config: GPTConfig, folder: str | Path, tokenizer: Tokenizer | None = None
 ) -> None:
     """Write weights + config (+ the tokenizer, unless it is GPT-2 BPE). The tied head is the
-    embedding, so it is stored once, under embed.weight."""
+    embedding, so it is stored once, under embed.weight. The names are the model's own, so a
+    checkpoint is the same whether the run was compiled or not."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config.save(folder / CONFIG_NAME)
     if tokenizer is not None:
         tokenizer.save(folder)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items() if k != "head.weight"}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in plain_keys(state_dict).items() if k != "head.weight"}
     save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
 
 

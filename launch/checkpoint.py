@@ -25,6 +25,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from gpt_core import (
+    GPT,
     CheckpointError,
     GPTConfig,
     Tokenizer,
@@ -273,6 +274,13 @@ def weights_tokenizer(folder: Path, vocab_size: int, given: str | None = None) -
     return chosen
 
 
+def plain_model(accelerator, model) -> GPT:
+    """The GPT itself under whatever wraps it: DDP, and a torch.compile wrapper (Accelerate makes one
+    when launched with a dynamo backend), whose state dict names every key `_orig_mod.<name>`."""
+    inner = accelerator.unwrap_model(model)
+    return getattr(inner, "_orig_mod", inner)
+
+
 def load_training_state(accelerator, model, path: Path) -> None:
     """Optimizer, scaler and RNG states through Accelerate; the weights from our own safetensors file
     (DeepSpeed and FSDP load their own sharded files). Anything unreadable is a one-line CheckpointError."""
@@ -289,7 +297,7 @@ def load_training_state(accelerator, model, path: Path) -> None:
             device = "cpu" if accelerator.device.type == "cpu" else str(accelerator.device)
             weights = load_file(str(path / WEIGHTS_NAME), device=device)
             weights["head.weight"] = weights["embed.weight"]  # tied: stored once
-            accelerator.unwrap_model(model).load_state_dict(weights)
+            plain_model(accelerator, model).load_state_dict(weights)
         accelerator.load_state(str(path / "state"))
     except Exception as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
