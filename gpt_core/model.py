@@ -178,7 +178,10 @@ class GPT(nn.Module):
         start = cache.length if cache is not None else 0
         if start + T > self.config.context_length:
             raise ValueError(f"sequence of {start + T} tokens exceeds the context length {self.config.context_length}")
-        x = self.embed(idx) * self.embed_scale + self.position_table()[start : start + T]
+        # The positions join in the activations' dtype: an engine that casts parameters but not
+        # buffers to bf16 (DeepSpeed, FSDP2's mixed precision) would otherwise get fp32 back here.
+        x = self.embed(idx) * self.embed_scale
+        x = x + self.position_table()[start : start + T].to(x.dtype)
         x = self.dropout(x)
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for block in self.blocks:
