@@ -122,7 +122,9 @@ def build_run(cfg: TrainConfig, resume_from: Path | None) -> Run:
     batch_size = cfg.batch_size or default_batch_size(accelerator.device.type)
     loaders = _make_loaders(cfg, accelerator, data, model_config.context_length, batch_size)
     if cfg.compile:
-        model = torch.compile(model)
+        # In place: the module keeps its own parameter names (a torch.compile wrapper would prefix
+        # each with `_orig_mod.`), so checkpoints, DeepSpeed and resumes see the same model either way.
+        model.compile()
     optimizer = build_optimizer(model, cfg, accelerator.device)
     ckpt.store_weights_once(accelerator)
     model, optimizer, *prepared = accelerator.prepare(model, optimizer, *loaders.values())
