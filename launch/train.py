@@ -265,12 +265,13 @@ def micro_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> bool:
     set the lr and update. True when an optimizer update really happened."""
     acc, state, cfg = run.accelerator, run.state, run.cfg
     with acc.accumulate(run.model):
+        if acc.sync_gradients:  # before backward: under DeepSpeed, backward itself takes the step
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr_at(state.step, cfg, run.total_steps)
         _, loss = run.model(x, y)
         acc.backward(loss)
         if acc.sync_gradients:
             run.grad_norm = acc.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
-            for group in run.optimizer.param_groups:
-                group["lr"] = lr_at(state.step, cfg, run.total_steps)
         run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
     run.window.add(loss)
