@@ -126,6 +126,9 @@ def format_table(r: dict) -> str:
         f"{'training':<10} {'useful tok/s':>13} {'MFU':>7} {'peak MB':>9} {'padding':>8} {'ours is':>9} "
         f"{'memory vs ours':>15}",
     ]
+    if r["compile"]:
+        compiled = ", ".join(f"{kind} {row['graphs_compiled']}" for kind, row in r["training"].items())
+        lines.insert(2, f"--compile: graphs torch.compile built per implementation: {compiled}")
     for kind, row in r["training"].items():
         speedup = f"{row['ours_speedup']:.2f}x" if "ours_speedup" in row else "-"
         memory = f"{row['memory_vs_ours']:.2f}x" if "memory_vs_ours" in row else "-"
