@@ -22,6 +22,8 @@ class TrainerState:
     epoch: int = 0  # the epoch in progress, from 0
     batch_in_epoch: int = 0  # micro-batches of that epoch already trained
     tokens: int = 0  # real target tokens trained on, all processes together
+    skipped_updates: int = 0  # updates the fp16 loss scaler skipped (an inf/NaN gradient): not steps
+    mixed_precision: str = "no"  # what the session that saved this trained in (evaluate and generate follow it)
     finished: str | None = None  # why the run ended, once it has
     stop_kind: str | None = None  # and which kind of ending that was (a StopKind value)
 

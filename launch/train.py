@@ -28,10 +28,10 @@ from gpt_core import GPT, GPTConfig
 from . import checkpoint as ckpt
 from .autobatch import check_auto_batch, resolve_auto_batch
 from .config import TrainConfig, default_batch_size
-from .data.batching import make_dataloader, make_dataset
+from .data.batching import make_loaders
 from .data.prepare import PreparedData, prepare_data
 from .errors import UserError
-from .evaluate import evaluate
+from .evaluate import evaluate, metrics_text
 from .optim import build_optimizer, lr_at
 from .profiling import StepProfiler
 from .progress import progress
@@ -107,8 +107,6 @@ def build_run(cfg: TrainConfig, resume_from: Path | None) -> Run:
     set_seed(cfg.seed)
     check_auto_batch(cfg, accelerator.device)
     model_config = cfg.model_config()
-    if cfg.mixed_precision == "bf16" and accelerator.device.type == "cpu":
-        accelerator.print("note: bf16 matmuls on CPUs without AMX/AVX-512 BF16 are far slower than fp32")
     # data: the first process to take the cache's lock tokenizes, the others say they wait, then read it
     data = prepare_data(cfg.data, cfg.seed, log=accelerator.print, every_rank=rank_print)
     model = GPT(model_config)
@@ -120,7 +118,10 @@ def build_run(cfg: TrainConfig, resume_from: Path | None) -> Run:
     model.activation_checkpointing = cfg.activation_checkpointing
     cfg = resolve_auto_batch(cfg, accelerator, model)
     batch_size = cfg.batch_size or default_batch_size(accelerator.device.type)
-    loaders = _make_loaders(cfg, accelerator, data, model_config.context_length, batch_size)
+    pin = accelerator.device.type == "cuda"
+    loaders = make_loaders(
+        data.splits, model_config.context_length, cfg.layout, batch_size, cfg.seed, pin, accelerator.print
+    )
     if cfg.compile:
         # In place: the module keeps its own parameter names (a torch.compile wrapper would prefix
         # each with `_orig_mod.`), so checkpoints, DeepSpeed and resumes see the same model either way.
@@ -162,29 +163,13 @@ def _open_run_folder(run: Run, resume_from: Path | None) -> None:
     if resume_from is not None:
         _restore(run, resume_from)
     run.session_start_step = run.state.step
+    run.state.mixed_precision = accelerator.mixed_precision
     resumed_step = run.state.step if resume_from is not None else None
     name = cfg.run_name or run.run_dir.name
     run.log = RunLog(accelerator, run.run_dir, cfg.tracker, cfg.project, name, cfg.to_dict(), resumed_step)
     if accelerator.is_main_process:
         cfg.save(run.run_dir)
         run.data.tokenizer.save(run.run_dir)  # the run's own copy, should the tokenizer file move
-
-
-def _make_loaders(cfg: TrainConfig, accelerator, data: PreparedData, context: int, batch_size: int) -> dict:
-    datasets = {name: make_dataset(split, context, cfg.layout) for name, split in data.splits.items()}
-    if cfg.layout == "padded":
-        d = datasets["train"]
-        accelerator.print(
-            f"data: padded layout, {d.truncated:,} train stories truncated to {context} tokens, "
-            f"{d.padding_fraction:.1%} of train positions are padding"
-        )
-    pin = accelerator.device.type == "cuda"
-    return {
-        name: make_dataloader(
-            ds, batch_size, cfg.seed, shuffle=name == "train", drop_last=name == "train", pin_memory=pin
-        )
-        for name, ds in datasets.items()
-    }
 
 
 def _plan_length(run: Run) -> None:
@@ -270,19 +255,32 @@ def micro_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> bool:
                 group["lr"] = lr_at(state.step, cfg, run.total_steps)
         _, loss = run.model(x, y)
         acc.backward(loss)
+        scale = None
         if acc.sync_gradients:
             run.grad_norm = acc.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+            scale = acc.scaler.get_scale() if acc.scaler is not None else None
         run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
     run.window.add(loss)
     run.tokens.add(y)
     if not acc.sync_gradients:
         return False
-    applied = not acc.optimizer_step_was_skipped  # False for an fp16 overflow: the scaler skipped it
+    applied = not _update_skipped(acc, scale)
     run.tokens.end_update(applied)
     if applied:
         state.step += 1
+    else:  # not a step: the schedule stays where it is, and the tokens are not counted
+        state.skipped_updates += 1
     return applied
+
+
+def _update_skipped(acc, scale_before: float | None) -> bool:
+    """Whether the fp16 loss scaler skipped the update just taken (an inf/NaN gradient). Accelerate's
+    own flag misses it for a fused optimizer, whose kernel does the skipping after step() is called;
+    but the scaler lowers its scale after every skip, and only then."""
+    if scale_before is not None:
+        return acc.scaler.get_scale() < scale_before
+    return acc.optimizer_step_was_skipped  # DeepSpeed's own loss scaler
 
 
 def after_step(run: Run, stop_signal: StopSignal, epoch_end: bool) -> StopReason | None:
@@ -337,6 +335,7 @@ def log_training(run: Run, epoch: int) -> None:
             "grad_norm": None if run.grad_norm is None else float(run.grad_norm),
             "tokens": state.tokens,
             "tokens_per_s": tokens_per_s,
+            "skipped_updates": state.skipped_updates,
         }
     )
     run.progress.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
@@ -347,11 +346,7 @@ def validate(run: Run, epoch: int, epoch_end: bool) -> bool:
     metrics = evaluate(run.model, run.loaders["validation"], run.accelerator, run.data.tokenizer, run.cfg.eval_batches)
     step = run.state.step
     run.log.log({"kind": "eval", "step": step, "epoch": epoch, "epoch_end": epoch_end, **metrics})
-    run.say(
-        f"eval: step {step} loss {metrics['loss']:.4f} perplexity {metrics['perplexity']:.2f} "
-        f"accuracy {metrics['accuracy']:.4f} bits per byte {metrics['bits_per_byte']:.4f} "
-        f"({metrics['tokens']:,} tokens)"
-    )
+    run.say(f"eval: step {step} {metrics_text(metrics)}")
     if run.early.update(metrics, step):
         shape = (run.model_config, run.data.tokenizer)  # what a weights folder records besides the weights
         ckpt.save_best(run.accelerator, run.model, shape, run.run_dir, run.checkpoint_state())

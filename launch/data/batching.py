@@ -163,3 +163,21 @@ def make_dataloader(dataset: Dataset, batch_size: int, seed: int, shuffle: bool,
         collate_fn=_already_batched,
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def make_loaders(splits: dict, context: int, layout: str, batch_size: int, seed: int, pin_memory: bool, log) -> dict:
+    """A training run's loaders, one per split: the train split shuffled each epoch and cut to full
+    batches, the others in order and whole."""
+    datasets = {name: make_dataset(split, context, layout) for name, split in splits.items()}
+    if layout == "padded":
+        d = datasets["train"]
+        log(
+            f"data: padded layout, {d.truncated:,} train stories truncated to {context} tokens, "
+            f"{d.padding_fraction:.1%} of train positions are padding"
+        )
+    return {
+        name: make_dataloader(
+            ds, batch_size, seed, shuffle=name == "train", drop_last=name == "train", pin_memory=pin_memory
+        )
+        for name, ds in datasets.items()
+    }
