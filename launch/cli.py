@@ -106,6 +106,16 @@ def cli():
 cli.add_command(train_command())
 
 
+# evaluate and generate: one definition of the precision they run in
+precision_option = click.option(
+    "--mixed-precision",
+    type=click.Choice(["no", "bf16", "fp16"]),
+    default=None,
+    help="Precision of the forward passes [default: what the weights were trained in, where this device runs "
+    "it at speed; else fp32 (no)].",
+)
+
+
 @cli.command(context_settings={"show_default": True})
 @click.argument("checkpoint", required=False)
 @click.option("--prompt", "-p", default="Once upon a time", help="Text to continue.")
@@ -133,13 +143,14 @@ cli.add_command(train_command())
     default=None,
     help="The weights' tokenizer, for weights that carry none [default: their own tokenizer.json, else GPT-2 BPE].",
 )
+@precision_option
 @user_errors_exit
-def generate(checkpoint, prompt, interactive, device, tokenizer, **sampling):
+def generate(checkpoint, prompt, interactive, device, tokenizer, mixed_precision, **sampling):
     """Sample stories from CHECKPOINT (a run folder, a checkpoint folder, or the newest run), streaming
     tokens as they are produced."""
     from .sampling import generate_command
 
-    generate_command(checkpoint, prompt, Sampling(**sampling), interactive, device, tokenizer)
+    generate_command(checkpoint, prompt, Sampling(**sampling), interactive, device, tokenizer, mixed_precision)
 
 
 @cli.command()
@@ -198,10 +209,11 @@ def train_tokenizer(ctx, output, vocab_size, **params):
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Rows per process per batch.")
 @click.option("--max-batches", type=int, default=None, help="Measure at most N batches per process [default: all].")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write the metrics as JSON here.")
+@precision_option
 @config_options(TrainConfig(), only=("data.", "layout", "seed"), show_default=False)
 @click.pass_context
 @user_errors_exit
-def evaluate(ctx, checkpoint, split, batch_size, max_batches, json_out, **params):
+def evaluate(ctx, checkpoint, split, batch_size, max_batches, json_out, mixed_precision, **params):
     """Perplexity and token accuracy of CHECKPOINT: exp of the mean loss over real target tokens,
     gathered across processes without duplicates (works under `accelerate launch`).
 
@@ -210,7 +222,9 @@ def evaluate(ctx, checkpoint, split, batch_size, max_batches, json_out, **params
     """
     from .evaluate import evaluate_checkpoint
 
-    evaluate_checkpoint(checkpoint, split, batch_size, max_batches, json_out, given_options(ctx, params))
+    evaluate_checkpoint(
+        checkpoint, split, batch_size, max_batches, json_out, given_options(ctx, params), mixed_precision
+    )
 
 
 @cli.command(context_settings={"show_default": True})

@@ -34,6 +34,14 @@ def byte_lengths(tokenizer: Tokenizer, device: torch.device) -> torch.Tensor:
     return torch.tensor(lengths, dtype=torch.float64, device=device)
 
 
+def metrics_text(m: dict) -> str:
+    """The one way metrics are printed: training's validations, a run's test, `gpt-launch evaluate`."""
+    return (
+        f"loss {m['loss']:.4f} perplexity {m['perplexity']:.2f} accuracy {m['accuracy']:.4f} "
+        f"bits per byte {m['bits_per_byte']:.4f} ({m['tokens']:,} target tokens, {m['bytes']:,} bytes of text)"
+    )
+
+
 @torch.no_grad()
 def evaluate(
     model, dataloader, accelerator, tokenizer: Tokenizer, max_batches: int | None = None, desc: str | None = None
@@ -72,28 +80,40 @@ def evaluate(
 
 
 def evaluate_checkpoint(
-    checkpoint: str | None, split: str, batch_size: int, max_batches: int | None, json_out: str | None, given: dict
+    checkpoint: str | None,
+    split: str,
+    batch_size: int,
+    max_batches: int | None,
+    json_out: str | None,
+    given: dict,
+    mixed_precision: str | None = None,
 ) -> dict:
     """`gpt-launch evaluate`: a checkpoint on a split of the run's own data settings (its
-    train_config.json), each flag in `given` replacing one of them; works under `accelerate launch`."""
+    train_config.json), each flag in `given` replacing one of them; works under `accelerate launch`.
+    It runs in `mixed_precision` if given, else in the weights' own training precision where this
+    device runs that at speed."""
     from gpt_core import load_pretrained
 
-    from .checkpoint import resolve_weights, run_dir_of, weights_tokenizer
+    from .checkpoint import read_trainer_state, resolve_weights, run_dir_of, weights_tokenizer
     from .config import RUN_CONFIG_NAME, TrainConfig, saved_run_config
     from .data.batching import make_dataloader, make_dataset
     from .data.prepare import prepare_data
     from .data.splits import concat_splits
     from .fields import replace_paths
-    from .runtime import make_accelerator, rank_print
+    from .runtime import choose_precision, make_accelerator, rank_print, resolve_device
 
-    accelerator = make_accelerator()
     folder = resolve_weights(checkpoint)
+    trained = read_trainer_state(folder).get("mixed_precision")
+    precision, why = choose_precision(resolve_device(), mixed_precision, trained)
+    accelerator = make_accelerator(mixed_precision=precision)
     model = load_pretrained(folder).to(accelerator.device)
     tokenizer = weights_tokenizer(folder, model.config.vocab_size, given.get("data.tokenizer"))
     run_config = saved_run_config(run_dir_of(folder))
     cfg = replace_paths(run_config or TrainConfig(), given | {"data.tokenizer": tokenizer.path and str(tokenizer.path)})
     where = run_dir_of(folder) / RUN_CONFIG_NAME if run_config else "the paper recipe"
-    accelerator.print(f"evaluate: data settings from {where}, changed by the flags given; {tokenizer.describe()}")
+    accelerator.print(
+        f"evaluate: data settings from {where}, changed by the flags given; {tokenizer.describe()}; in {why}"
+    )
     prepared = prepare_data(cfg.data, cfg.seed, log=accelerator.print, every_rank=rank_print)
     chosen = concat_splits(prepared.splits.values()) if split == "all" else prepared.splits[split]
     dataset = make_dataset(chosen, model.config.context_length, cfg.layout)
@@ -105,15 +125,11 @@ def evaluate_checkpoint(
         "split": split,
         "layout": cfg.layout,
         "processes": accelerator.num_processes,
+        "mixed_precision": precision,
         **metrics,
     }
     if accelerator.is_main_process:
-        print(
-            f"{split}: loss {metrics['loss']:.4f}  perplexity {metrics['perplexity']:.3f}  "
-            f"accuracy {metrics['accuracy']:.4f}  bits per byte {metrics['bits_per_byte']:.4f}  "
-            f"over {metrics['tokens']:,} target tokens ({metrics['bytes']:,} bytes of text) "
-            f"({accelerator.num_processes} process(es))"
-        )
+        print(f"{split}: {metrics_text(metrics)}, {accelerator.num_processes} process(es)")
         if json_out:
             Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
     # Tear the process group down on every rank together: a rank that exits while another still

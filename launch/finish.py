@@ -11,7 +11,7 @@ import torch
 from gpt_core import load_pretrained
 
 from . import checkpoint as ckpt
-from .evaluate import evaluate
+from .evaluate import evaluate, metrics_text
 from .report import plot_curves
 from .runtime import device_name, fault_point
 from .sampling import sample_stories
@@ -28,11 +28,7 @@ def test_and_summarise(run, reason: str) -> dict:
     fault_point("kill-during-test")
     test = evaluate(best, run.loaders["test"], acc, run.data.tokenizer, run.cfg.test_batches, desc="test")
     capped = f", first {run.cfg.test_batches} batches per process" if run.cfg.test_batches else ""
-    run.say(
-        f"test (best weights, step {run.early.best_step}{capped}): loss {test['loss']:.4f} "
-        f"perplexity {test['perplexity']:.2f} accuracy {test['accuracy']:.4f} bits per byte "
-        f"{test['bits_per_byte']:.4f} ({test['tokens']:,} tokens)"
-    )
+    run.say(f"test (best weights, step {run.early.best_step}{capped}): {metrics_text(test)}")
     run.log.log({"kind": "test", "step": state.step, **test})
     summary = {"stop_reason": reason, "steps": state.step, "test": test}  # what every process knows
     if acc.is_main_process:

@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 
@@ -118,10 +119,58 @@ def has_accelerator_device() -> bool:
 
 
 def resolve_device(choice: str = "auto") -> torch.device:
-    """`auto`: the GPU when there is one, else the CPU; anything else as torch spells it."""
+    """`auto`: the GPU when there is one (and Accelerate is not told to use the CPU), else the CPU;
+    anything else as torch spells it."""
     if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        forced_cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes")
+        return torch.device("cuda" if torch.cuda.is_available() and not forced_cpu else "cpu")
     return torch.device(choice)
+
+
+def cpu_has_bf16_matmul() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX, AVX-512 BF16, Arm's BF16
+    extension), read from the kernel's CPU flags. Elsewhere bf16 still works, emulated, and slower
+    than fp32. Unknown (not Linux): False, so nothing is assumed."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = {word for line in text.splitlines() if line.startswith(("flags", "Features")) for word in line.split()}
+    return bool(flags & {"amx_bf16", "avx512_bf16", "bf16"})
+
+
+def supports_precision(device: torch.device, precision: str) -> bool:
+    """Whether `precision` ("no", "bf16", "fp16") runs at its speed on `device`: fp16 needs a GPU;
+    bf16 a GPU that has it, or a CPU with bf16 matrix hardware."""
+    if precision == "no":
+        return True
+    if device.type == "cuda":
+        return precision == "fp16" or torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and precision == "bf16" and cpu_has_bf16_matmul()
+
+
+PRECISION_NAMES = {"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}
+
+
+def choose_precision(device: torch.device, asked: str | None, trained: str | None) -> tuple[str, str]:
+    """The precision `evaluate` and `generate` run in, and why: `asked` (--mixed-precision) if given,
+    else what the weights were trained in (`trained`) where this device supports it, else fp32."""
+    if asked is not None:
+        if device.type == "cpu" and asked == "fp16":
+            raise UserError(
+                "--mixed-precision fp16 needs a GPU (CPUs have no fp16 matrix kernels worth using); "
+                "use --mixed-precision bf16 or no"
+            )
+        if device.type == "cuda" and asked == "bf16" and not torch.cuda.is_bf16_supported():
+            raise UserError(f"--mixed-precision bf16: {device_name(device)} has no bf16; use fp16 or no")
+        return asked, f"{PRECISION_NAMES[asked]}, as --mixed-precision asks"
+    trained = trained or "no"
+    if supports_precision(device, trained):
+        return trained, f"{PRECISION_NAMES[trained]}, as the weights were trained"
+    return "no", (
+        f"fp32: the weights were trained in {trained}, which {device_name(device)} does not run at speed; "
+        f"--mixed-precision {trained} asks for it anyway"
+    )
 
 
 def device_name(device: torch.device) -> str:
@@ -217,6 +266,8 @@ def make_accelerator(collective_timeout_s: float = 1800, **kwargs):
             "fp16 mixed precision needs a GPU (on a CPU it runs ~40x slower than fp32); "
             "use --mixed-precision no, or bf16 on a CPU with AVX-512 BF16/AMX"
         )
+    if accelerator.mixed_precision == "bf16" and not supports_precision(accelerator.device, "bf16"):
+        accelerator.print("note: this CPU has no bf16 matrix hardware (AMX, AVX-512 BF16): bf16 runs slower than fp32")
     return accelerator
 
 

@@ -7,13 +7,14 @@ import codecs
 from dataclasses import dataclass
 
 import click
+import torch
 
 from gpt_core import GenerationError, Tokenizer, generate, generate_stream, load_pretrained
 from gpt_core.generation import check_generation_args
 
-from .checkpoint import resolve_weights, weights_tokenizer
+from .checkpoint import read_trainer_state, resolve_weights, weights_tokenizer
 from .errors import UserError
-from .runtime import resolve_device
+from .runtime import choose_precision, resolve_device
 
 
 def sample_stories(model, tokenizer: Tokenizer, prompts: tuple[str, ...], max_tokens: int, seed: int) -> list[dict]:
@@ -37,18 +38,33 @@ class Sampling:
 
 
 def generate_command(
-    checkpoint: str | None, prompt: str, sampling: Sampling, interactive: bool, device: str, tokenizer: str | None
+    checkpoint: str | None,
+    prompt: str,
+    sampling: Sampling,
+    interactive: bool,
+    device: str,
+    tokenizer: str | None,
+    mixed_precision: str | None = None,
 ) -> None:
     """`gpt-launch generate`: stream `sampling.num_samples` stories for `prompt`, or for each prompt
     typed in an interactive session (an empty line or Ctrl-D ends it). The tokenizer is the weights'
-    own; `tokenizer` (--tokenizer) must be that one, or name it for weights that carry none."""
+    own; `tokenizer` (--tokenizer) must be that one, or name it for weights that carry none. The
+    precision is `mixed_precision` if given, else the weights' own where the device runs it at speed."""
     for flag, value in (("--max-tokens", sampling.max_tokens), ("--num-samples", sampling.num_samples)):
         if value < 1:
             raise UserError(f"{flag} must be >= 1, got {value}")
     folder = resolve_weights(checkpoint)
-    model = load_pretrained(folder, map_location=resolve_device(device)).eval()
+    target = resolve_device(device)
+    precision, why = choose_precision(target, mixed_precision, read_trainer_state(folder).get("mixed_precision"))
+    model = load_pretrained(folder, map_location=target).eval()
     words = weights_tokenizer(folder, model.config.vocab_size, tokenizer)
-    click.echo(f"model: {folder} ({model.num_params():,} parameters, {words.describe()})", err=True)
+    click.echo(f"model: {folder} ({model.num_params():,} parameters, {words.describe()}; in {why})", err=True)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    with torch.autocast(target.type, dtype=dtype, enabled=dtype is not None):
+        _generate_session(model, words, prompt, sampling, interactive)
+
+
+def _generate_session(model, words: Tokenizer, prompt: str, sampling: Sampling, interactive: bool) -> None:
     if not interactive:
         stream_stories(model, words, prompt, sampling)
         return
