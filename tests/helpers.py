@@ -136,18 +136,27 @@ def records(run_dir: Path, kind: str) -> list[dict]:
     return [r for r in map(json.loads, lines) if r["kind"] == kind]
 
 
+def outcome(run_dir: Path) -> list[dict]:
+    """Everything a run logged that an interrupted and resumed run must repeat: each training record
+    (loss, lr, gradient norm, tokens, skipped updates), evaluation and test; not the wall-clock speed."""
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "tokens_per_s"} for line in lines]
+
+
 def losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in records(run_dir, "train")}
 
 
-def deepspeed_run(config: str, out: Path, *extra, processes: int = 2, precision: str = "no") -> list[str]:
-    """`accelerate launch` of the tiny smoke recipe under a shipped DeepSpeed config."""
+def deepspeed_run(
+    config: str, out: Path, *extra, processes: int = 2, script: str = "recipes/tinystories.py"
+) -> list[str]:
+    """`accelerate launch` of the tiny smoke recipe under a shipped DeepSpeed config, as it ships (bf16)."""
     launcher = ["accelerate", "launch", "--config_file", config, "--num_processes", str(processes)]
     return [
         *launcher,
-        "--mixed_precision",
-        precision,
-        "recipes/tinystories.py",
+        "--main_process_port",
+        str(free_port()),
+        script,
         *tiny_run_options(out, "--max-steps", "4", *extra),
     ]
 
@@ -158,8 +167,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_two(*flags: str) -> list[str]:
+def launch_two(*flags: str, precision: str = "no") -> list[str]:
     """`accelerate launch` of two CPU processes. On a free port unless `flags` name one: Accelerate's
     default, 29500, may still be held by the previous test's processes as they exit."""
     port = [] if "--main_process_port" in flags else ["--main_process_port", str(free_port())]
-    return ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--mixed_precision", "no", *port, *flags]
+    return [
+        "accelerate",
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        precision,
+        *port,
+        *flags,
+    ]

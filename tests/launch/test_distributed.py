@@ -1,5 +1,6 @@
-"""Several real processes through `accelerate launch` on the CPU: DDP over gloo, DeepSpeed ZeRO-2/3, two
-"machines" on loopback, torchrun's restarts after a killed rank, a hung rank, and signals through the launcher."""
+"""Several real processes through `accelerate launch` on the CPU: DDP over gloo, two "machines" on
+loopback, torchrun's restarts after a killed rank, a hung rank, and signals through the launcher.
+(DeepSpeed, a GPU path that runs on CPUs too, is in tests/gpu/test_engines.py.)"""
 
 import json
 import os
@@ -9,18 +10,16 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from launch.config import SMOKE_DATA
 from tests.helpers import (
     PYTHON,
     child_env,
-    deepspeed_run,
     free_port,
     invoke,
     launch_two,
     losses,
-    records,
+    outcome,
     run_cli,
     tiny_run_options,
 )
@@ -50,62 +49,18 @@ def test_two_processes_split_the_data_and_agree(tmp_path):
     assert json.loads((run / "summary.json").read_text())["hardware"]["processes"] == 2
 
 
-def test_deepspeed_zero2_on_two_cpu_processes(tmp_path):
-    out = tmp_path / "run"
-    proc = run_cli(deepspeed_run("launch/deepspeed_zero2.yaml", out))
-    assert "train: 2 process(es)" in proc.stdout
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["hardware"]["processes"] == 2 and summary["steps"] == 4
-    # ZeRO-2 shards the optimizer: each rank stores its own half of the fp32 master weights + Adam moments.
-    step = sorted((out / "checkpoints").glob("step-*"))[-1]
-    shards = sorted((step / "state" / "pytorch_model").glob("zero_pp_rank_*_optim_states.pt"))
-    assert [s.name[:14] for s in shards] == ["zero_pp_rank_0", "zero_pp_rank_1"]
-    full_optimizer_bytes = 3 * 4 * summary["model"]["parameters"]
-    for shard in shards:
-        state = torch.load(shard, map_location="cpu", weights_only=False)  # our own fresh file
-        partition = state["optimizer_state_dict"]["single_partition_of_fp32_groups"]
-        held = sum(t.numel() for t in partition)
-        assert abs(held - summary["model"]["parameters"] / 2) <= 64, held
-        assert shard.stat().st_size < 0.6 * full_optimizer_bytes
-
-
-def test_deepspeed_zero3_shards_parameters_and_resumes(tmp_path):
-    from gpt_core import get_preset, load_pretrained
-
-    out = tmp_path / "run"
-    args = deepspeed_run("launch/deepspeed_zero3.yaml", out, "--log-every", "1")
-    paused = run_cli(args + ["--stop-after-steps", "2"])
-    assert "paused at step 2" in paused.stdout + paused.stderr
-    shards = sorted(p.name for p in (out / "checkpoints" / "step-0000002" / "state" / "pytorch_model").glob("*.pt"))
-    assert shards == [
-        "zero_pp_rank_0_mp_rank_00_model_states.pt",
-        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
-        "zero_pp_rank_1_mp_rank_00_model_states.pt",
-        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
-    ]
-    resumed = run_cli(args + ["--resume", "auto"])
-    assert "resume: " in resumed.stdout
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["steps"] == 4 and summary["hardware"]["processes"] == 2
-    # the full weights were gathered from the shards: gpt_core loads them on its own
-    model = load_pretrained(out / "checkpoints" / "best")
-    assert model.num_params() == get_preset("tiny").num_params()
-
-
 # ---- past one machine, on one host -------------------------------------------------------------------
 def two_process_run(out: Path, *launcher_flags, extra=()) -> list[str]:
-    """`accelerate launch` of a tiny two-process CPU run with the given launcher flags."""
+    """`accelerate launch` of a tiny two-process CPU run with the given launcher flags, in bf16 (what
+    launch/multi_gpu.yaml ships with): DDP's restarts and multi-machine runs are checked in bf16."""
     return launch_two(
         *launcher_flags,
         "-m",
         "launch.cli",
         "train",
         *tiny_run_options(out, "--max-steps", "6", "--log-every", "1", *extra),
+        precision="bf16",
     )
-
-
-def run_records(run_dir: Path) -> list[tuple]:
-    return [(r["kind"], r["step"], r["loss"]) for kind in ("train", "eval", "test") for r in records(run_dir, kind)]
 
 
 def worker(launcher: subprocess.Popen, rank: int):
@@ -186,7 +141,7 @@ def test_two_machines_on_loopback_train_as_one_two_process_host(tmp_path, two_pr
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     assert "train: 2 process(es)" in outputs[0]
     assert json.loads((multi / "summary.json").read_text())["hardware"]["processes"] == 2
-    assert run_records(multi) == run_records(two_process_reference)  # same seed, same data per rank: bit for bit
+    assert outcome(multi) == outcome(two_process_reference)  # same seed, same data per rank: bit for bit
     assert sorted(p.name for p in (multi / "checkpoints").iterdir()) == ["best", "step-0000016", "step-0000020"]
 
 
@@ -219,7 +174,7 @@ def test_a_killed_rank_restarts_the_group_from_the_last_checkpoint(tmp_path, two
     output = finish(launcher, log)
     assert launcher.returncode == 0, output[-4000:]
     assert output.count("resume: ") >= 3  # twice "starting from scratch", then each rank resumes
-    assert run_records(out) == run_records(plain)
+    assert outcome(out) == outcome(plain)
     assert losses(out) == losses(plain)
 
 
@@ -286,15 +241,20 @@ def test_sigterm_to_a_single_process_launcher_checkpoints_instead_of_orphaning(t
 
 
 def test_fsdp2_shards_the_tied_model_and_resumes_exactly_on_two_cpu_processes(tmp_path):
-    """FSDP2 itself (fully_shard over gloo); Accelerate's FSDP path needs GPUs, see fsdp2_probe.py."""
+    """FSDP2 itself (fully_shard over gloo), in fp32 and under a bf16 MixedPrecisionPolicy; Accelerate's
+    FSDP path needs GPUs, see fsdp2_probe.py."""
     run_cli([PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2", "tests/launch/fsdp2_probe.py", tmp_path])
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    for r in ranks:
-        assert r["tied"], "the head must stay the embedding's parameter under fully_shard"
-        assert r["grad_max_diff"] < 1e-6, "fused-head gradients under FSDP2 differ from the unsharded model's"
-        assert r["resumed"] == r["continued"], "the sharded checkpoint did not resume exactly"
-    assert sum(r["sharded_rows"] for r in ranks) == ranks[0]["rows"] and ranks[0]["sharded_rows"] < ranks[0]["rows"]
-    assert ranks[0]["best_matches"]
+    both = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    # fp32 matches the unsharded model to rounding; bf16 compute (8-bit mantissa) to within 2 %
+    for precision, tolerance in (("fp32", 1e-5), ("bf16", 2e-2)):
+        ranks = [r[precision] for r in both]
+        for r in ranks:
+            assert r["tied"], "the head must stay the embedding's parameter under fully_shard"
+            assert r["loss_diff"] < tolerance, (precision, r["loss_diff"])
+            assert r["grad_max_diff"] < tolerance, (precision, "fused-head gradients differ from the unsharded model's")
+            assert r["resumed"] == r["continued"], (precision, "the sharded checkpoint did not resume exactly")
+        assert sum(r["sharded_rows"] for r in ranks) == ranks[0]["rows"] > ranks[0]["sharded_rows"]
+        assert ranks[0]["best_matches"]
 
 
 def test_accelerate_fsdp_on_cpus_is_refused_instead_of_training_each_rank_alone(tmp_path):

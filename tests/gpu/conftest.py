@@ -1,0 +1,29 @@
+"""The GPU paths, run on every device this machine has: the CPU always (CI runs them there), and CUDA
+where there is one. `pytest tests/gpu` runs both halves on a GPU machine; `pytest -m gpu` the CUDA
+half alone. Each test body is the same on both; where a CPU result is bit-exact and a GPU's is not
+(kernel choice, atomics), the tolerance is the device's (`exact_on_cpu`)."""
+
+import pytest
+import torch
+
+CUDA = pytest.param(
+    "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+)
+
+
+@pytest.fixture(scope="session", params=["cpu", CUDA])
+def device(request) -> torch.device:
+    return torch.device(request.param)
+
+
+def device_env(device: torch.device, launched: bool = False) -> dict:
+    """What puts a run on `device` where Accelerate would take the GPU: Accelerate's CPU switch for a
+    run in this process; for launched processes no GPU to see (DeepSpeed's launch ignores the switch)."""
+    if device.type != "cpu" or not torch.cuda.is_available():
+        return {}
+    return {"CUDA_VISIBLE_DEVICES": ""} if launched else {"ACCELERATE_USE_CPU": "true"}
+
+
+def exact_on_cpu(device: torch.device, values, rel: float = 1e-4):
+    """`values` itself on a CPU, where a resumed run repeats every bit; within `rel` on a GPU."""
+    return values if device.type == "cpu" else pytest.approx(values, rel=rel)
