@@ -17,6 +17,21 @@ def test_save_and_load_round_trip(tmp_path):
     torch.testing.assert_close(loaded(idx)[0], model(idx)[0])
 
 
+def test_the_state_dict_of_a_compiled_wrapper_saves_under_the_models_own_names(tmp_path):
+    """torch.compile's wrapper (what Accelerate makes under a dynamo backend) names every key
+    `_orig_mod.<name>`: saved as they are, the tied head was a second name for the embedding's memory,
+    which safetensors refuses."""
+    from gpt_core import save_state_dict
+
+    torch.manual_seed(0)
+    model = GPT(get_preset("tiny"))
+    wrapped = torch.compile(model)  # nothing is compiled until it runs
+    assert next(iter(wrapped.state_dict())).startswith("_orig_mod.")
+    save_state_dict(wrapped.state_dict(), model.config, tmp_path)
+    loaded = load_pretrained(tmp_path)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
 def test_missing_files(tmp_path):
     with pytest.raises(CheckpointError, match=r"config\.json is missing"):
         load_pretrained(tmp_path)

@@ -43,7 +43,8 @@ def test_bench_command_returns_well_formed_figures(tmp_path):
     assert figures["data_preparation"]["tokens"] > 0 and figures["data_preparation"]["tokens_per_s"] > 0
 
 
-def test_bench_json_to_stdout_is_one_object():
-    result = bench("--no-baselines", "--gen-tokens", "4", "--json", "-")
+def test_bench_json_to_stdout_is_one_object_and_compile_compiles():
+    result = bench("--no-baselines", "--gen-tokens", "4", "--json", "-", "--compile")
     figures = json.loads(result.stdout)
     assert list(figures["training"]) == ["ours"]
+    assert figures["compile"] and figures["training"]["ours"]["graphs_compiled"] >= 1  # it really compiled
