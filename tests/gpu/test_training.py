@@ -99,24 +99,27 @@ OVERFLOWS = 3  # backward passes: with 2 micro-batches per update, updates 1 and
 
 
 class FirstPassesOverflow(GPT):
-    """The model, whose embedding gradient is inf in its first OVERFLOWS backward passes: what an fp16
-    overflow (a loss scale too high for the gradients) looks like to the loss scaler."""
+    """The model, whose embedding gradient is inf in the first OVERFLOWS backward passes of a run (its
+    sessions together): what an fp16 overflow (a loss scale too high for the gradients) looks like
+    to the loss scaler."""
+
+    passes = 0  # of the run in progress; the test sets it to 0 before each run
 
     def __init__(self, config):
         super().__init__(config)
-        self.passes = 0
         self.embed.weight.register_hook(self._overflow)
 
     def _overflow(self, grad):
-        self.passes += 1
-        return grad * float("inf") if self.passes <= OVERFLOWS else grad
+        FirstPassesOverflow.passes += 1
+        return grad * float("inf") if FirstPassesOverflow.passes <= OVERFLOWS else grad
 
 
-def test_a_skipped_fp16_update_is_not_a_step_and_does_not_move_the_schedule(device, tmp_path, monkeypatch):
+def test_a_skipped_fp16_update_is_not_a_step_and_the_scaler_resumes(device, tmp_path, monkeypatch):
     """A real GradScaler meets an inf and skips those updates. On a GPU, Accelerate's own fp16 setup;
     on a CPU, where Accelerate refuses fp16, the test sets up what Accelerate sets up on a GPU (the
     scaler, unscaling before clipping) but leaves the products in fp32 (CPU fp16 matmuls take ~40x
-    as long). The optimizer is the loop's fused AdamW, whose kernel does the skipping."""
+    as long). The optimizer is the loop's fused AdamW, whose kernel does the skipping. A run paused
+    after the skips resumes with the scaler's state: the same scale, so the same updates."""
     from accelerate.utils import AutocastKwargs
 
     from launch import train as loop
@@ -133,30 +136,32 @@ def test_a_skipped_fp16_update_is_not_a_step_and_does_not_move_the_schedule(devi
 
     monkeypatch.setattr(loop, "make_accelerator", with_a_scaler_on_cpu)
     monkeypatch.setattr(loop, "GPT", FirstPassesOverflow)
-    out = tmp_path / "run"
     schedule = ("--schedule", "linear", "--lr", "1e-3", "--min-lr", "1e-4", "--warmup-steps", "2")
     precision = ("--mixed-precision", "fp16") if device.type == "cuda" else ()
-    train_here(
-        out,
-        *schedule,
-        "--max-steps",
-        "6",
-        "--log-every",
-        "1",
-        "--eval-every",
-        "100",
-        *precision,
-        env=device_env(device),
-    )
-    train = records(out, "train")
+    options = (*schedule, "--max-steps", "6", "--log-every", "1", "--eval-every", "100", *precision)
+    env = device_env(device)
+    FirstPassesOverflow.passes = 0
+    train_here(tmp_path / "straight", *options, env=env)
+    FirstPassesOverflow.passes = 0
+    paused_and_resumed(tmp_path / "resumed", options, options, env)
+
+    train = records(tmp_path / "straight", "train")
     assert [r["step"] for r in train] == list(range(1, 7))  # six updates applied, each one step
     assert [r["skipped_updates"] for r in train] == [2] * 6  # the two before the first were skipped
     for r in train:  # and left the schedule where it was: step 1 warms up from the start
         assert r["lr"] == pytest.approx(expected_lr("linear", r["step"] - 1, min_lr=1e-4, warmup=2, total=6), rel=1e-12)
     assert [r["tokens"] for r in train] == [2 * 2 * 32 * r["step"] for r in train]  # their tokens not counted
-    state = json.loads((out / "checkpoints" / "step-0000006" / "trainer_state.json").read_text())
+    state = json.loads((tmp_path / "straight" / "checkpoints" / "step-0000006" / "trainer_state.json").read_text())
     assert state["epoch"] * 14 + state["batch_in_epoch"] == (6 + 2) * 2  # but their batches were used up
     assert state["skipped_updates"] == 2
+
+    assert outcome(tmp_path / "resumed") == exact_on_cpu(device, outcome(tmp_path / "straight"))
+    scalers = [
+        torch.load(tmp_path / run / "checkpoints" / "step-0000006" / "state" / "scaler.pt")
+        for run in ("straight", "resumed")
+    ]
+    assert scalers[0]["scale"] == scalers[1]["scale"] == 2.0**16 / 4  # two halvings, kept across the pause
+    assert scalers[0]["_growth_tracker"] == scalers[1]["_growth_tracker"] == 6
 
 
 # ---- evaluate and generate take the weights' precision -----------------------------------------------
