@@ -236,6 +236,11 @@ def get_tokenizer() -> Tokenizer:
     return Tokenizer()
 
 
+# A folder that holds one of these is weights (config.json) or a run (its settings, its checkpoints):
+# without a tokenizer.json of its own, it was trained with GPT-2 BPE.
+WEIGHTS_FOLDER_FILES = ("config.json", "train_config.json", "checkpoints")
+
+
 def load_tokenizer(spec: str | Path | None) -> Tokenizer:
     """The tokenizer a `--tokenizer` names: None or "gpt2" for GPT-2 BPE, else a tokenizer.json or a
     folder holding one (a `gpt-launch tokenizer train` output, a run, a checkpoint, an export)."""
@@ -243,6 +248,11 @@ def load_tokenizer(spec: str | Path | None) -> Tokenizer:
         return get_tokenizer()
     path = Path(spec)
     if path.is_dir():
+        if not (path / TOKENIZER_NAME).is_file() and any((path / n).exists() for n in WEIGHTS_FOLDER_FILES):
+            raise TokenizerError(
+                f"--tokenizer {spec}: it holds weights or a run without a {TOKENIZER_NAME}, so it uses GPT-2 BPE; "
+                "pass --tokenizer gpt2, or leave the flag out"
+            )
         path = path / TOKENIZER_NAME
     if not path.is_file():
         raise TokenizerError(
@@ -258,9 +268,14 @@ def _load_file(path: Path, mtime_ns: int, size: int) -> Tokenizer:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise TokenizerError(f"{path} is not a readable tokenizer.json ({str(e).splitlines()[0]})") from None
+        raise TokenizerError(
+            f"{path} is not a readable tokenizer.json ({str(e).splitlines()[0]}); "
+            "point --tokenizer at the file `gpt-launch tokenizer train` wrote, or train one again"
+        ) from None
     if not isinstance(data, dict):
-        raise TokenizerError(f"{path} is not a tokenizer.json (a JSON {type(data).__name__})")
+        raise TokenizerError(
+            f"{path} is not a tokenizer.json (a JSON {type(data).__name__}); point --tokenizer at a tokenizer.json"
+        )
     model = data.get("model") or {}
     return get_tokenizer() if _is_gpt2(data, model) else TrainedTokenizer(path, data)
 

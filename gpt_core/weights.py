@@ -76,7 +76,16 @@ def read_config(folder: Path) -> tuple[GPTConfig, bool]:
         data = json.loads(config_file.read_text())
         if isinstance(data, dict) and hf.is_hf_config(data):
             return hf.config_from_hf(data), True
+        if isinstance(data, dict) and ("model_type" in data or "architectures" in data):
+            found = ", ".join(data.get("architectures") or [str(data.get("model_type"))])
+            readable = ", ".join(arch for _, arch in hf.ARCHITECTURES.values())
+            raise CheckpointError(
+                f"{config_file}: a transformers {found} model, an architecture gpt_core does not read; use a "
+                f"{readable} folder, or weights gpt_core saved"
+            )
         return GPTConfig.load(config_file), False
+    except CheckpointError:
+        raise
     except (ConfigError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{config_file}: {e}") from None
 

@@ -117,17 +117,12 @@ def _is_write_failure(e: Exception) -> bool:
 def _disk_error(e: Exception, target: Path, run_dir: Path) -> UserError:
     no_space = is_disk_full(e) or any(t in str(e) for t in NO_SPACE_TEXT)
     why = "no space left: the disk, quota or file-size limit is full" if no_space else str(e).splitlines()[0]
+    fix = f"free space under {target.parent}" if no_space else f"make {target.parent} writable"
     previous = step_checkpoints(run_dir)
     if previous:
-        kept = (
-            f"the previous checkpoint {previous[-1].name} is intact - free space under {target.parent} "
-            "and resume with --resume auto"
-        )
+        kept = f"the previous checkpoint {previous[-1].name} is intact - {fix} and resume with --resume auto"
     else:
-        kept = (
-            f"no earlier checkpoint exists, so the run restarts from scratch - free space under {target.parent} "
-            "and run again"
-        )
+        kept = f"no earlier checkpoint exists, so the run restarts from scratch - {fix} and run again"
     return UserError(f"could not write checkpoint {target.name} ({why}); {kept}")
 
 

@@ -5,63 +5,20 @@ User mistakes print one line (`error: ...`) and exit 2; bugs keep their tracebac
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
 
 import click
 
-from gpt_core import CheckpointError, ConfigError, GenerationError, TokenizerError
-
+from .command_errors import Command, Group, user_errors_exit
 from .config import BATCH_SIZE_RULE, TrainConfig
 from .errors import UserError
 from .fields import replace_paths
 from .options import config_options, given_options
-from .runtime import TrainingInterrupted, rank_prefix
 from .sampling import Sampling
 
-USER_ERRORS = (UserError, ConfigError, GenerationError, CheckpointError, TokenizerError)
 WIDE = {"max_content_width": 110}
-
-
-def user_errors_exit(fn):
-    """Run a command; turn user errors into one line and exit status 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except USER_ERRORS as e:
-            click.echo(f"{rank_prefix()}error: {e}", err=True)
-            sys.exit(2)
-        except TrainingInterrupted as e:
-            click.echo(f"{rank_prefix()}{e}", err=True)
-            sys.exit(e.exit_code)
-        except (MemoryError, RuntimeError) as e:  # e.g. a context far past this machine's memory
-            if isinstance(e, RuntimeError) and not _out_of_memory(e):
-                raise
-            click.echo(
-                f"{rank_prefix()}error: out of memory; lower --batch-size, or the model's context_length "
-                "or size (--preset, --model-config)",
-                err=True,
-            )
-            sys.exit(2)
-        except KeyboardInterrupt:  # a second Ctrl-C: stop now, without saving
-            click.echo(
-                f"{rank_prefix()}interrupted twice: stopped at once without saving; "
-                "continue from the last checkpoint with --resume auto",
-                err=True,
-            )
-            sys.exit(130)
-
-    return wrapper
-
-
-def _out_of_memory(error: RuntimeError) -> bool:
-    """torch's own allocation failures (CPU and CUDA) are RuntimeErrors, not MemoryErrors."""
-    text = str(error).lower()
-    return "can't allocate memory" in text or "out of memory" in text
 
 
 def train_command(
@@ -72,6 +29,7 @@ def train_command(
     defaults = defaults or TrainConfig()
 
     @click.command(
+        cls=Command,
         name=name,
         help=help_text or "Train a GPT on stories (the paper's recipe unless told otherwise).",
         context_settings={"show_default": True, **WIDE},
@@ -98,7 +56,7 @@ def train_command(
     return command
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], **WIDE})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], **WIDE})
 def cli():
     """Train, sample from, evaluate and report on small GPT language models."""
 
@@ -177,7 +135,7 @@ def tokenizer():
 
 
 @tokenizer.command("train", context_settings={"show_default": True})
-@click.option("--output", required=True, type=click.Path(file_okay=False), help="Folder to write tokenizer.json into.")
+@click.option("--output", required=True, help="Folder to write tokenizer.json into.")
 @click.option(
     "--vocab-size", type=int, default=4096, help="Tokens in the vocabulary, <|endoftext|> and 256 bytes included."
 )
@@ -194,7 +152,7 @@ def train_tokenizer(ctx, output, vocab_size, **params):
     from .data.tokenizer_training import train_tokenizer as train_bpe
 
     cfg = replace_paths(TrainConfig(), given_options(ctx, params))
-    click.echo(f"tokenizer: {train_bpe(cfg.data, cfg.seed, vocab_size, Path(output))}")
+    click.echo(f"tokenizer: {train_bpe(cfg.data, cfg.seed, vocab_size, output)}")
 
 
 @cli.command()
@@ -208,7 +166,7 @@ def train_tokenizer(ctx, output, vocab_size, **params):
 )
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Rows per process per batch.")
 @click.option("--max-batches", type=int, default=None, help="Measure at most N batches per process [default: all].")
-@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write the metrics as JSON here.")
+@click.option("--json-out", default=None, help="Also write the metrics as JSON here.")
 @precision_option
 @config_options(TrainConfig(), only=("data.", "layout", "seed"), show_default=False)
 @click.pass_context
@@ -290,7 +248,7 @@ def share(run_dir, entity):
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.argument("out", type=click.Path(file_okay=False))
+@click.argument("out")
 @click.option(
     "--license",
     "license_",

@@ -62,7 +62,11 @@ class DataConfig:
         None, "Held-out stories for --split-mode source.", flag="--heldout-data", on_resume="fixed"
     )
     max_samples: int | None = setting(
-        270_000, "Use the first N stories of the source (the paper: 270,000). 0 for all.", on_resume="fixed", at_least=3
+        270_000,
+        "Use the first N stories of the source (the paper: 270,000). 0 for all.",
+        on_resume="fixed",
+        at_least=3,
+        zero_means_all=True,
     )
     train_fraction: float = setting(0.7, "Share of the stories for training.", on_resume="fixed", above=0)
     validation_fraction: float = setting(
@@ -89,9 +93,9 @@ class DataConfig:
     )
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.max_samples == 0:  # "0 for all", as the flag's help says
             object.__setattr__(self, "max_samples", None)
-        check_fields(self)
         if self.tokenizer is not None:
             self.load_tokenizer()  # a missing or unusable tokenizer file fails here, before any work
         if self.train_fraction + self.validation_fraction >= 1:
@@ -336,7 +340,9 @@ class TrainConfig:
         """`own_tokenizer`: the copy to use when the saved tokenizer path no longer exists."""
         try:
             saved = json.loads(Path(path).read_text())
-            data = saved.get("data") if isinstance(saved, dict) else None
+            if not isinstance(saved, dict):
+                raise ValueError(f"it holds a JSON {type(saved).__name__}, not an object of settings")
+            data = saved.get("data")
             moved = isinstance(data, dict) and data.get("tokenizer") and not Path(data["tokenizer"]).exists()
             if moved and own_tokenizer and own_tokenizer.is_file():
                 data["tokenizer"] = str(own_tokenizer)

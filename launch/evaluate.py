@@ -102,6 +102,7 @@ def evaluate_checkpoint(
     from .fields import replace_paths
     from .runtime import choose_precision, make_accelerator, rank_print, resolve_device
 
+    _check_options(batch_size, max_batches, json_out)
     folder = resolve_weights(checkpoint)
     trained = read_trainer_state(folder).get("mixed_precision")
     precision, why = choose_precision(resolve_device(), mixed_precision, trained)
@@ -137,3 +138,15 @@ def evaluate_checkpoint(
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
+
+
+def _check_options(batch_size: int, max_batches: int | None, json_out: str | None) -> None:
+    """evaluate's own options, before any work; the same rules as train's options of the same meaning."""
+    from .config import TrainConfig
+    from .errors import check_writable
+    from .fields import check_setting
+
+    check_setting(TrainConfig, "batch_size", batch_size)
+    check_setting(TrainConfig, "eval_batches", max_batches, "--max-batches")
+    if json_out is not None:
+        check_writable(json_out, "--json-out", "file")

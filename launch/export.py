@@ -26,7 +26,7 @@ from gpt_core.hf import ARCHITECTURES
 from gpt_core.tokenizer import EOT, GPT2_VOCAB_SIZE, gpt2_files
 
 from . import checkpoint as ckpt
-from .errors import UserError
+from .errors import UserError, check_writable
 from .report import markdown_table
 from .sampling import Sampling
 from .summary import RunSummary
@@ -37,6 +37,7 @@ DATA_LICENCE = "CDLA-Sharing-1.0"
 
 def export_model(run_dir: Path, out: Path, license: str = "mit", log=print) -> Path:
     run_dir, out = Path(run_dir), Path(out)
+    check_writable(out, "OUT")
     summary = RunSummary.load(run_dir)
     best = ckpt.find_best(run_dir)
     if best is None:

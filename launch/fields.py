@@ -13,9 +13,19 @@ from .errors import UserError
 
 
 def setting(
-    default=None, help="", *, flag=None, on_resume="warn", at_least=None, above=None, at_most=None, factory=None
+    default=None,
+    help="",
+    *,
+    flag=None,
+    on_resume="warn",
+    at_least=None,
+    above=None,
+    at_most=None,
+    factory=None,
+    zero_means_all=False,
 ):
-    """A dataclass field carrying its CLI flag, help text, resume policy and bounds."""
+    """A dataclass field carrying its CLI flag, help text, resume policy and bounds (`zero_means_all`:
+    0 is allowed below `at_least`, meaning no limit)."""
     meta = {
         "help": help,
         "flag": flag,
@@ -23,6 +33,7 @@ def setting(
         "at_least": at_least,
         "above": above,
         "at_most": at_most,
+        "zero_means_all": zero_means_all,
     }
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
@@ -47,22 +58,35 @@ def check_fields(config) -> None:
     """Check every field against its type's choices and its declared bounds; one line per problem."""
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
-        value, flag = getattr(config, f.name), flag_of(f)
-        if value is None or dataclasses.is_dataclass(value):
-            continue
-        choices = choices_of(hints[f.name])
-        number_or_word = int in typing.get_args(hints[f.name])  # e.g. a batch size, or "auto"
-        if choices and value not in choices and not (number_or_word and isinstance(value, int)):
-            what = "a whole number or " if number_or_word else ""
-            raise UserError(f"{flag} must be {what}one of {', '.join(map(str, choices))}, got {value!r}")
-        if isinstance(value, str):
-            continue
-        if f.metadata.get("at_least") is not None and value < f.metadata["at_least"]:
-            raise UserError(f"{flag} must be >= {f.metadata['at_least']}, got {value}")
-        if f.metadata.get("above") is not None and not value > f.metadata["above"]:
-            raise UserError(f"{flag} must be > {f.metadata['above']}, got {value}")
-        if f.metadata.get("at_most") is not None and value > f.metadata["at_most"]:
-            raise UserError(f"{flag} must be <= {f.metadata['at_most']:,}, got {value:,}")
+        value = getattr(config, f.name)
+        if value is not None and not dataclasses.is_dataclass(value):
+            _check(f, hints[f.name], value, flag_of(f))
+
+
+def check_setting(cls, name: str, value, flag: str | None = None) -> None:
+    """Another command's option that means the same as setting `name` of `cls` obeys the same rule,
+    and says so in the same words (`flag`: the option as that command spells it)."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if value is not None:
+        _check(f, typing.get_type_hints(cls)[name], value, flag or flag_of(f))
+
+
+def _check(f: dataclasses.Field, annotation, value, flag: str) -> None:
+    choices = choices_of(annotation)
+    number_or_word = int in typing.get_args(annotation)  # e.g. a batch size, or "auto"
+    if choices and value not in choices and not (number_or_word and isinstance(value, int)):
+        what = "a whole number or " if number_or_word else ""
+        raise UserError(f"{flag} must be {what}one of {', '.join(map(str, choices))}, got {value!r}; pick one of those")
+    if isinstance(value, str):
+        return
+    least, above, most = (f.metadata.get(k) for k in ("at_least", "above", "at_most"))
+    zero = " (or 0 for all)" if f.metadata.get("zero_means_all") else ""
+    if least is not None and value < least and not (zero and value == 0):
+        raise UserError(f"{flag} must be >= {least}{zero}, got {value}; give {flag} {least} or more{zero}")
+    if above is not None and not value > above:
+        raise UserError(f"{flag} must be > {above}, got {value}; give {flag} a value above {above}")
+    if most is not None and value > most:
+        raise UserError(f"{flag} must be <= {most:,}, got {value:,}; give {flag} {most:,} or less")
 
 
 # ---------------------------------------------------------------------------------------------

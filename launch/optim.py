@@ -31,6 +31,13 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
     return cfg.min_lr + span * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def unused_schedule_settings(cfg: TrainConfig) -> list[str]:
+    """Schedule settings given a value that the chosen schedule ignores: a note each, at the start."""
+    if cfg.schedule == "wsd" or cfg.decay_fraction == TrainConfig.decay_fraction:
+        return []
+    return [f"--decay-fraction {cfg.decay_fraction} applies to --schedule wsd only: ignored with {cfg.schedule}"]
+
+
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices only (LayerNorm gains and biases are not decayed)."""
     decay = [p for p in model.parameters() if p.dim() >= 2]

@@ -21,6 +21,16 @@ class StepProfiler:
         self.start = first_step + WARMUP_STEPS  # counted from where this session starts
         self.profiler = None
 
+    def check_length(self, total_steps: int, say) -> None:
+        """A note at the start when the run ends before the profiled steps do: no trace would be written."""
+        if self.steps and self.start + self.steps > total_steps:
+            room = max(0, total_steps - self.start)
+            say(
+                f"note: --profile-steps {self.steps} would record steps {self.start + 1} to {self.start + self.steps}, "
+                f"but this session ends at step {total_steps}: no trace will be written"
+                + (f"; give --profile-steps {room} or less" if room else "; the run is too short to profile")
+            )
+
     def after_update(self, step: int, say) -> bool:
         """Called after each optimizer update; True when the profile starts or ends here (tokens/s
         is then measured afresh, so the profiled steps count in neither window)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import checkpoint as ckpt
 from .config import RUN_CONFIG_NAME, TrainConfig, saved_run_config, smoke_config
-from .errors import UserError
+from .errors import UserError, write_failure
 from .fields import flag_of, get_path, leaf_fields, replace_paths
 from .summary import SUMMARY_NAME
 from .tracking import METRICS_NAME, TRACKER_NAME
@@ -42,6 +42,11 @@ def session_config(defaults: TrainConfig, given: dict, smoke: bool = False) -> T
             else ckpt.run_dir_of(Path(given["resume"]))
         )
         saved = saved_run_config(run_dir)
+        if saved is None and not given.get("allow_changes") and ckpt.step_checkpoints(run_dir):
+            raise UserError(
+                f"{run_dir / RUN_CONFIG_NAME} is missing, so this run's settings (data, model, batch, schedule) are "
+                "unknown; put it back, or resume with every flag the run was started with plus --allow-changes"
+            )
         base = for_next_session(saved, defaults) if saved else base
     return replace_paths(base, given)
 
@@ -87,6 +92,11 @@ def check_run_dir(run_dir: Path, create: bool = False) -> None:
     created only once the data and model are ready, so a failed start leaves no empty folder."""
     existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
     problem = None if existing.is_dir() else f"{existing} is a file"
+    for folder in (existing, ckpt.checkpoints_dir(run_dir)) if problem is None else ():
+        if folder.is_dir() and (failure := write_failure(folder)):
+            raise UserError(
+                f"cannot write in {folder} ({failure.strerror}); make it writable, or choose another --output-dir"
+            )
     if create and problem is None:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)

@@ -173,6 +173,20 @@ def choose_precision(device: torch.device, asked: str | None, trained: str | Non
     )
 
 
+def available_device(choice: str, flag: str = "--device") -> torch.device:
+    """`choice` (auto, cpu, cuda, cuda:N) as a device this machine has; else one line saying what it has."""
+    try:
+        device = resolve_device(choice)
+    except RuntimeError:
+        raise UserError(f"{flag} {choice} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        have = f"{torch.cuda.device_count()} CUDA GPU(s)" if torch.cuda.is_available() else "no CUDA GPU"
+        raise UserError(f"{flag} {choice}: this machine has {have}; use {flag} cpu, or auto")
+    if device.type not in ("cpu", "cuda") and not has_accelerator_device():
+        raise UserError(f"{flag} {choice}: this machine has no {device.type} device; use {flag} cpu, or auto")
+    return device
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

@@ -13,8 +13,10 @@ from gpt_core import GenerationError, Tokenizer, generate, generate_stream, load
 from gpt_core.generation import check_generation_args
 
 from .checkpoint import read_trainer_state, resolve_weights, weights_tokenizer
+from .config import TrainConfig
 from .errors import UserError
-from .runtime import choose_precision, resolve_device
+from .fields import check_setting
+from .runtime import available_device, choose_precision
 
 
 def sample_stories(model, tokenizer: Tokenizer, prompts: tuple[str, ...], max_tokens: int, seed: int) -> list[dict]:
@@ -50,11 +52,9 @@ def generate_command(
     typed in an interactive session (an empty line or Ctrl-D ends it). The tokenizer is the weights'
     own; `tokenizer` (--tokenizer) must be that one, or name it for weights that carry none. The
     precision is `mixed_precision` if given, else the weights' own where the device runs it at speed."""
-    for flag, value in (("--max-tokens", sampling.max_tokens), ("--num-samples", sampling.num_samples)):
-        if value < 1:
-            raise UserError(f"{flag} must be >= 1, got {value}")
+    check_sampling(sampling)
+    target = available_device(device)
     folder = resolve_weights(checkpoint)
-    target = resolve_device(device)
     precision, why = choose_precision(target, mixed_precision, read_trainer_state(folder).get("mixed_precision"))
     model = load_pretrained(folder, map_location=target).eval()
     words = weights_tokenizer(folder, model.config.vocab_size, tokenizer)
@@ -62,6 +62,25 @@ def generate_command(
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     with torch.autocast(target.type, dtype=dtype, enabled=dtype is not None):
         _generate_session(model, words, prompt, sampling, interactive)
+
+
+def check_sampling(s: Sampling) -> None:
+    """The sampling flags, each named as typed, before any model is loaded (gpt_core checks its own
+    arguments again, for callers of its API)."""
+    for flag, value in (("--max-tokens", s.max_tokens), ("--num-samples", s.num_samples)):
+        if value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}; give {flag} 1 or more")
+    check_setting(TrainConfig, "seed", s.seed)  # one seed rule for every command
+    if s.greedy:
+        return
+    if not s.temperature > 0:
+        raise UserError(
+            f"--temperature must be > 0 when sampling, got {s.temperature}; use --greedy for the most likely token"
+        )
+    if s.top_k < 0:
+        raise UserError(f"--top-k must be >= 1, or 0 for no limit, got {s.top_k}; give --top-k 0 or more")
+    if not 0 < s.top_p <= 1:
+        raise UserError(f"--top-p must be in (0, 1], got {s.top_p}; give e.g. --top-p 0.95, or 1 for no limit")
 
 
 def _generate_session(model, words: Tokenizer, prompt: str, sampling: Sampling, interactive: bool) -> None:
@@ -82,6 +101,9 @@ def _generate_session(model, words: Tokenizer, prompt: str, sampling: Sampling, 
 
 
 def stream_stories(model, tokenizer: Tokenizer, text: str, s: Sampling) -> None:
+    if any("\udc80" <= ch <= "\udcff" for ch in text):  # how Python keeps the bytes that are not UTF-8
+        click.echo("note: the prompt holds bytes that are not UTF-8; each becomes U+FFFD", err=True)
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     ids = tokenizer.encode(text)
     # Checked before the prompt is echoed, so an error is a line of its own.
     check_generation_args(

@@ -32,7 +32,7 @@ from .data.batching import make_loaders
 from .data.prepare import PreparedData, prepare_data
 from .errors import UserError
 from .evaluate import evaluate, metrics_text
-from .optim import build_optimizer, lr_at
+from .optim import build_optimizer, lr_at, unused_schedule_settings
 from .profiling import StepProfiler
 from .progress import progress
 from .resume import check_run_dir, starting_point
@@ -105,6 +105,8 @@ def build_run(cfg: TrainConfig, resume_from: Path | None) -> Run:
         dataloader_config=DataLoaderConfiguration(even_batches=True),
     )
     set_seed(cfg.seed)
+    for note in unused_schedule_settings(cfg):
+        accelerator.print(f"note: {note}")
     check_auto_batch(cfg, accelerator.device)
     model_config = cfg.model_config()
     # data: the first process to take the cache's lock tokenizes, the others say they wait, then read it
@@ -222,6 +224,7 @@ def train(cfg: TrainConfig) -> dict:
             validate(run, epoch=0, epoch_end=False)
         run.window = LossWindow(run.accelerator.device, run.state.tokens, cfg.log_every)
         run.profiler = StepProfiler(cfg.profile_steps, run.run_dir, run.state.step)
+        run.profiler.check_length(run.total_steps, run.say)
         reason = None
         run.progress = progress(
             run.total_steps, "train", "step", run.state.step, enabled=run.accelerator.is_local_main_process

@@ -39,7 +39,7 @@ import numpy as np
 from gpt_core import Tokenizer
 
 from ..config import DataConfig
-from ..errors import UserError, is_disk_full
+from ..errors import UserError, check_writable, is_disk_full
 from ..progress import REPORT_EVERY_S
 from .sources import Source
 from .splits import SPLITS, TokenSplit, load_split, split_plan, write_split
@@ -77,9 +77,7 @@ def prepare_data(
     fingerprint, how = main.fingerprint()
     key = cache_key(cfg, seed, fingerprint, heldout.fingerprint()[0] if heldout else None, tokenizer)
     root = cfg.cache_root()
-    existing = next(p for p in (root, *root.parents) if p.exists())
-    if not existing.is_dir():
-        raise UserError(f"--data-cache {root} cannot be a folder: {existing} is a file; point --data-cache at a folder")
+    check_writable(root, "--data-cache")
     tokens_dir = root / "tokens"
     target, scratch = tokens_dir / key, tokens_dir / f".build-{key}"
     from_cache = (target / "meta.json").exists()

@@ -23,12 +23,15 @@ from gpt_core import Tokenizer, get_tokenizer
 from gpt_core.tokenizer import EOT, TOKENIZER_NAME, TrainedTokenizer
 
 from ..config import DataConfig
-from ..errors import UserError
+from ..errors import UserError, check_writable
 from .prepare import prepare_data
 from .splits import TokenSplit
 
 STORIES_PER_BLOCK = 1024  # stories decoded and handed to the trainer at once
 MEASURED_STORIES = 2000  # validation stories whose tokens per story the report compares
+
+
+MAX_VOCAB = 2**20  # far past what a story corpus yields, far below what would exhaust memory
 
 
 def split_texts(split: TokenSplit, tokenizer: Tokenizer | None = None) -> Iterator[list[str]]:
@@ -44,7 +47,7 @@ def split_texts(split: TokenSplit, tokenizer: Tokenizer | None = None) -> Iterat
 
 
 def train_tokenizer(
-    cfg: DataConfig, seed: int, vocab_size: int, output: Path, log: Callable[[str], None] = print
+    cfg: DataConfig, seed: int, vocab_size: int, output: str | Path, log: Callable[[str], None] = print
 ) -> Path:
     """Train on the train split of `cfg`'s stories; write OUTPUT/tokenizer.json (atomically) and
     report tokens per validation story against GPT-2 BPE's."""
@@ -52,7 +55,13 @@ def train_tokenizer(
 
     target = Path(output) / TOKENIZER_NAME
     if vocab_size < 257:
-        raise UserError(f"--vocab-size must be at least 257 (256 bytes and {EOT}), got {vocab_size}")
+        raise UserError(f"--vocab-size must be at least 257 (256 bytes and {EOT}), got {vocab_size}; give 257 or more")
+    if vocab_size > MAX_VOCAB:
+        raise UserError(
+            f"--vocab-size must be at most {MAX_VOCAB:,}, got {vocab_size:,}: the trainer reserves memory for every "
+            "token asked for (~70 GB for a billion); story corpora run out of merges long before (4,096 is typical)"
+        )
+    check_writable(output, "--output")
     if target.exists():
         raise UserError(f"{target} already exists; choose another --output or delete it")
     splits = prepare_data(dataclasses.replace(cfg, tokenizer=None), seed, log=log).splits
