@@ -288,6 +288,21 @@ def test_sigterm_to_every_process_as_slurm_sends_it_saves_once_on_every_rank(tmp
     os.killpg(launcher.pid, signal.SIGTERM)
     output = finish(launcher, log, timeout=120)
     assert output.count("SIGTERM received: saved step") == 2, output[-3000:]  # each rank says it once
+    steps = {int(part.split(";")[0]) for part in output.split("SIGTERM received: saved step ")[1:]}
+    assert len(steps) == 1, steps  # the same step on both ranks
     assert "interrupted twice" not in output
     saved = sorted((out / "checkpoints").glob("step-*"))[-1]
     assert not json.loads((saved / "trainer_state.json").read_text()).get("finished")
+
+
+def test_a_failing_launch_with_q_shows_our_one_line_and_no_traceback(tmp_path):
+    """`accelerate launch -q`: Accelerate's own CalledProcessError traceback stays out of the way."""
+    options = tiny_run_options(tmp_path / "run", "--lr", "-1")
+    result = run_cli(
+        ["accelerate", "launch", "-q", "--config_file", "launch/cpu.yaml", "-m", "launch.cli", "train", *options],
+        check=False,
+        timeout=120,
+    )
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert result.returncode != 0 and len(errors) == 1 and "--lr must be > 0" in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()

@@ -6,7 +6,7 @@ import pytest
 
 from launch.config import TrainConfig
 from launch.optim import lr_at
-from tests.helpers import records, train_here
+from tests.helpers import outcome, records, train_here
 
 
 def expected_lr(schedule: str, step: int, lr=1e-3, min_lr=1e-4, warmup=2, total=10, decay_fraction=0.25) -> float:
@@ -64,3 +64,16 @@ def test_min_lr_above_lr_is_one_line():
 
     with pytest.raises(UserError, match=r"--min-lr 0\.01 is above --lr 0\.001"):
         TrainConfig(lr=1e-3, min_lr=1e-2)
+
+
+def test_a_wsd_run_extended_before_its_decay_redoes_none_of_it(tmp_path):
+    """Planned for 10 steps, paused at 4 (still in its stable phase), resumed for 20: every record equals
+    a run planned for 20 from the start, so nothing trained before the extension is wasted."""
+    wsd = ("--schedule", "wsd", "--lr", "1e-3", "--min-lr", "1e-4", "--warmup-steps", "2", "--decay-fraction", "0.25")
+    common = (*wsd, "--log-every", "1", "--eval-every", "100", "--epochs", "8")
+    train_here(tmp_path / "planned", *common, "--max-steps", "20")
+    train_here(tmp_path / "extended", *common, "--max-steps", "10", "--stop-after-steps", "4")
+    train_here(tmp_path / "extended", *common, "--max-steps", "20", "--resume", "auto")
+    assert outcome(tmp_path / "extended") == outcome(tmp_path / "planned")
+    lrs = [r["lr"] for r in records(tmp_path / "planned", "train")]
+    assert lrs[:4] == [5e-4, 1e-3, 1e-3, 1e-3] and lrs[-1] < 1e-3  # warmup, stable, and a decay at the end

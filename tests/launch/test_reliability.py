@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from launch.config import SMOKE_DATA
-from tests.helpers import REFERENCE, REPO, child_env, invoke, launch_two, losses, run_cli, train_here
+from tests.helpers import REFERENCE, REPO, child_env, invoke, launch_two, losses, outcome, run_cli, train_here
 from tests.helpers import train_args as tiny_train_args
 
 
@@ -67,7 +67,9 @@ def one_error_line(result, words):
 
 @pytest.fixture(scope="module")
 def straight(reference_run):
-    return losses(reference_run)
+    """Everything the uninterrupted run logged: losses, learning rates, gradient norms, tokens,
+    evaluations and the test result (outcome)."""
+    return outcome(reference_run)
 
 
 # ---- faults ---------------------------------------------------------------------------------
@@ -79,7 +81,7 @@ def test_sigkill_mid_training_then_resume_auto(tmp_path, straight):
     proc.kill()
     proc.wait()
     train(out, *REFERENCE, "--resume", "auto")
-    assert losses(out) == straight  # bit for bit after the resume, every step once
+    assert outcome(out) == straight  # bit for bit after the resume, every step once
 
 
 @pytest.mark.slow
@@ -95,7 +97,7 @@ def test_sigkill_while_writing_a_checkpoint_never_leaves_a_pickable_one(tmp_path
     assert temporary == [".tmp-step-0000006"], "the half-written one keeps its temporary name"
     resumed = train(out, *REFERENCE, "--resume", "auto")
     assert "step-0000004" in resumed.stdout
-    assert losses(out) == straight
+    assert outcome(out) == straight
 
 
 @pytest.mark.slow
@@ -112,7 +114,7 @@ def test_sigterm_and_sigint_save_and_say_how_to_resume(tmp_path, sig, code, stra
     saved = int(stderr.split("saved step ")[1].split(";")[0])
     assert (out / "checkpoints" / f"step-{saved:07d}" / "state").is_dir()
     train(out, *REFERENCE, "--resume", "auto")
-    assert losses(out) == straight
+    assert outcome(out) == straight
 
 
 def test_nan_loss_stops_the_run_within_one_log_interval(tmp_path):
@@ -156,7 +158,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, straight
     assert sorted(p.name for p in (out / "checkpoints").glob("step-*"))[-1] == "step-0000004"
     assert not list((out / "checkpoints").glob(".tmp-step-*"))
     train(out, *REFERENCE, "--resume", "auto")  # with space again, nothing was lost
-    assert losses(out) == straight
+    assert outcome(out) == straight
 
 
 @pytest.mark.slow
@@ -177,6 +179,7 @@ def test_a_second_ctrl_c_stops_at_once_and_the_next_start_cleans_up(tmp_path):
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted twice" in stderr and "Aborted!" not in stderr, stderr[-2000:]
+    assert not list((out / "checkpoints").glob("step-*")), "stopped without saving (a save cut short stays .tmp-)"
     (out / "checkpoints" / ".tmp-step-0000009").mkdir(parents=True)  # what a save cut short leaves
     again = train(out, "--max-steps", "2", "--resume", "auto")
     # ours, and the save the second Ctrl-C may have cut short
@@ -304,9 +307,9 @@ def test_failed_runs_leave_no_output_folder(tmp_path):
 @pytest.mark.slow
 def test_same_seed_same_losses_bit_for_bit(tmp_path, straight):
     train(tmp_path / "again", *REFERENCE)
-    assert losses(tmp_path / "again") == straight
+    assert outcome(tmp_path / "again") == straight
     train(tmp_path / "other", *REFERENCE, "--seed", "7")
-    assert losses(tmp_path / "other") != straight
+    assert outcome(tmp_path / "other") != straight
 
 
 # ---- at a run's edges: nothing lost, nothing polluted ----------------------------------------------

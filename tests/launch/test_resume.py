@@ -4,6 +4,8 @@ and what resuming may change is grouped by what it breaks."""
 import json
 import shutil
 
+import pytest
+
 from launch.config import TrainConfig
 from launch.fields import replace_paths
 from launch.resume import for_next_session, resume_changes
@@ -37,7 +39,11 @@ def test_a_new_run_in_a_folder_that_holds_one_is_refused_unless_overwritten(fini
     one_error_line(refused, f"{run} already holds a run; continue it with --resume auto --output-dir {run}")
     assert "--overwrite" in refused.stderr and (run / "metrics.jsonl").read_text() == before
     (run / "notes.txt").write_text("mine")  # not the run's: --overwrite leaves it
+    for logs in (run / "wandb" / "offline-run-1", run / "gpt-launch"):  # W&B's files, TensorBoard's (its project)
+        logs.mkdir(parents=True)
+        (logs / "events").write_text("an old run's")
     train_here(run, "--max-steps", "2", "--overwrite")
+    assert not (run / "wandb").exists() and not (run / "gpt-launch").exists()  # the old run's logs are gone
     assert [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [2, 2, 2]
     assert json.loads((run / "summary.json").read_text())["steps"] == 2
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", "step-0000002"]
@@ -60,3 +66,54 @@ def test_a_torn_last_line_of_the_metrics_is_dropped_on_resume(paused_run, tmp_pa
     resumed = train_here(run, "--max-steps", "8", "--eval-every", "2", "--resume", "auto")
     assert "dropped the last line of" in resumed.stdout and "cut short by an interrupted write" in resumed.stdout
     assert json.loads((run / "summary.json").read_text())["steps"] == 8
+
+
+def resume(run, *extra):
+    return invoke("train", "--resume", "auto", "--output-dir", run, *extra)
+
+
+def one_line(result, words):
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert result.exit_code == 2 and len(errors) == 1 and words in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.output
+    return errors[0]
+
+
+def test_a_settings_file_that_is_not_an_object_or_is_missing_is_one_line(paused_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(paused_run, run)
+    (run / "train_config.json").write_text("[1, 2]\n")
+    one_line(resume(run), "is not a readable run config (it holds a JSON list, not an object of settings)")
+    (run / "train_config.json").unlink()  # the run's settings are unknown: not the paper's defaults
+    line = one_line(resume(run), "train_config.json is missing, so this run's settings")
+    assert "--allow-changes" in line and "hub" not in line
+
+
+def test_a_read_only_run_folder_is_one_line_that_does_not_blame_the_disk(paused_run, tmp_path):
+    import subprocess
+
+    run = tmp_path / "run"
+    shutil.copytree(paused_run, run)
+    checkpoints = run / "checkpoints"
+    if subprocess.run(["chattr", "+i", str(checkpoints)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    try:
+        line = one_line(resume(run), f"cannot write in {checkpoints}")
+    finally:
+        subprocess.run(["chattr", "-i", str(checkpoints)], check=True)
+    assert "make it writable" in line and "free space" not in line
+
+
+def test_values_that_do_nothing_get_a_note_at_the_start(tmp_path):
+    result = train_here(
+        tmp_path / "run", "--max-steps", "3", "--profile-steps", "2", "--schedule", "cosine", "--decay-fraction", "0.5"
+    )
+    lines = result.stdout.splitlines()
+    first_step = next(i for i, line in enumerate(lines) if line.startswith("train: "))
+    notes = [i for i, line in enumerate(lines) if line.startswith("note: ")]
+    assert any("--decay-fraction 0.5 applies to --schedule wsd only: ignored with cosine" in lines[i] for i in notes)
+    assert any(
+        "--profile-steps 2 would record steps 3 to 4, but this session ends at step 3" in lines[i] for i in notes
+    )
+    assert all(i < first_step + 3 for i in notes), "said at the start"
+    assert not (tmp_path / "run" / "profile").exists()

@@ -10,7 +10,7 @@ import pytest
 
 from gpt_core import load_pretrained, load_tokenizer
 from launch.config import SMOKE_DATA, DataConfig
-from tests.helpers import REFERENCE, STORY_RUN, WANDB_SECRET, invoke, losses, records, run_cli, train_here
+from tests.helpers import REFERENCE, STORY_RUN, WANDB_SECRET, invoke, losses, outcome, records, run_cli, train_here
 
 
 # ---- the loop, run for real ---------------------------------------------------------------------
@@ -170,7 +170,9 @@ def test_wandb_offline_run_holds_the_metrics_and_no_secret(wandb_offline_run):
         b"train/loss",
         b"train/tokens_per_s",
         b"eval/perplexity",
+        b"eval/bits_per_byte",
         b"test/accuracy",
+        b"test/bits_per_byte",
         b"samples",
         b"curves",
         b"throughput_tokens_per_s",
@@ -340,6 +342,11 @@ def test_a_run_paused_twice_is_one_wandb_run_with_each_step_once(tmp_path):
     sessions = wandb_runs(out)
     assert len(sessions) == 4 and len({s.run_id for s in sessions}) == 1
     assert sorted(step for s in sessions for step, keys in s.history.items() if "train/loss" in keys) == train_steps
+    # `share` makes one report of the one W&B run, naming every session's folder to sync
+    shared = invoke("share", out, env={"WANDB_MODE": "offline"})
+    spec = json.loads((out / "wandb_report.json").read_text())
+    assert shared.exit_code == 2 and spec["run_ids"] == [sessions[0].run_id]
+    assert sorted(spec["run_folders"]) == sorted(str(s.folder) for s in sessions)
 
 
 def test_tensorboard_holds_each_step_once_when_a_resume_redoes_steps(tmp_path):
@@ -369,6 +376,17 @@ def test_a_run_with_a_trained_tokenizer_resumes_bit_for_bit_and_carries_it(story
     for folder in (story_run, story_run / "checkpoints" / "best", *(story_run / "checkpoints").glob("step-*")):
         assert load_tokenizer(folder).fingerprint == load_tokenizer(story_tokenizer).fingerprint, folder
     assert all(s["text"] for s in summary["samples"])
+
+
+def test_a_run_whose_tokenizer_file_moved_resumes_with_its_own_copy(story_run, story_tokenizer, tmp_path):
+    import shutil
+
+    tokenizer, run = tmp_path / "tokenizer", tmp_path / "run"
+    shutil.copytree(story_tokenizer, tokenizer)
+    train_here(run, "--tokenizer", tokenizer, *STORY_RUN, "--stop-after-steps", "4")
+    shutil.move(tokenizer, tmp_path / "elsewhere")  # the path train_config.json names is gone
+    train_here(run, *STORY_RUN, "--resume", "auto")
+    assert outcome(run) == outcome(story_run)  # the same run, read with the run's own copy
 
 
 def test_init_from_takes_the_weights_tokenizer_and_refuses_another(tmp_path, story_run):
