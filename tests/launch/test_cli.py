@@ -291,6 +291,7 @@ BAD_COMMANDS = [  # (args, with RUN, FILE and TMP to fill in; words of the error
         ["train", "--min-lr", "-0.0001", "--output-dir", "TMP/run"],
         "--min-lr must be >= 0, got -0.0001; give --min-lr 0",
     ),
+    (["train", "--tokenizer", "FILE", "--output-dir", "TMP/run"], "is not a readable tokenizer.json"),
 ]
 
 
