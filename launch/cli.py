@@ -121,7 +121,7 @@ def prepare(ctx, **params):
     rank then reads the cache instead of waiting for one of them to build it.
 
     \\b
-    gpt-launch prepare --data ../shared/data/tinystories --data-workers 16
+    gpt-launch prepare --data stories/ --data-workers 16
     """
     from .data.prepare import prepare_or_verify
 
@@ -147,7 +147,7 @@ def train_tokenizer(ctx, output, vocab_size, **params):
     never on validation or test, and write OUTPUT/tokenizer.json; then train with --tokenizer OUTPUT.
 
     \b
-    gpt-launch tokenizer train --data ../shared/data/tinystories --vocab-size 4096 --output tokenizers/story-4k
+    gpt-launch tokenizer train --data stories/ --vocab-size 4096 --output tokenizers/story-4k
     """
     from .data.tokenizer_training import train_tokenizer as train_bpe
 

@@ -1,7 +1,7 @@
 """Fine-tuning: continue a trained model on other stories, at a lower learning rate.
 
     accelerate launch recipes/finetune.py --init-from runs/tinystories --data my_stories.jsonl
-    accelerate launch recipes/finetune.py --init-from models/tinystories --data ../shared/data/tinystories
+    accelerate launch recipes/finetune.py --init-from models/tinystories --data stories/
     accelerate launch recipes/finetune.py --init-from ./gpt2 --data stories.jsonl    # a local copy of OpenAI's GPT-2
 
 --init-from takes a run (its best weights), a checkpoint, a `gpt-launch export` folder, or a

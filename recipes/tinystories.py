@@ -2,7 +2,7 @@
 
     accelerate launch recipes/tinystories.py --smoke                 # one minute on a CPU, no network
     accelerate launch recipes/tinystories.py                         # the paper's run (hub data)
-    accelerate launch recipes/tinystories.py --data ../shared/data/tinystories --preset small
+    accelerate launch recipes/tinystories.py --data stories/ --preset small
 
 6 layers, 8 heads, d_model 512, FFN 2048, context 256, dropout 0.1, post-LN; the first 270,000
 stories split 70/20/10; AdamW lr 2e-4, betas (0.9, 0.95), weight decay 0.01, 500 warmup steps then

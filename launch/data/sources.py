@@ -232,7 +232,8 @@ def _not_available(name: str, online: bool, error: Exception) -> UserError:
     if not online:
         return UserError(
             f"cannot reach the Hugging Face hub ({HUB_HOST}) and dataset {name!r} is not in the local "
-            "datasets cache; pass local files instead, e.g. --data ../shared/data/tinystories"
+            "datasets cache; pass your own files instead (--data stories/: .txt, .jsonl, .json or .parquet, gzipped or "
+            "not, a file, a folder or a glob), or --smoke for the stories shipped with the package"
         )
     return UserError(f"could not load {name!r} from the hub: {str(error).splitlines()[0]}")
 

@@ -124,9 +124,7 @@ def test_lm_evaluation_harness_scores_the_export_as_evaluate_does(exported, tmp_
     data.write_text("".join(json.dumps({"text": s}) + "\n" for s in stories))
     task = (REPO / "recipes" / "lm_eval" / "tinystories.yaml").read_text()
     (tmp_path / "task").mkdir()
-    (tmp_path / "task" / "tinystories.yaml").write_text(
-        task.replace("../shared/data/tinystories/tinystories_valid_first1000.jsonl.gz", str(data))
-    )
+    (tmp_path / "task" / "tinystories.yaml").write_text(task.replace("stories/validation.jsonl.gz", str(data)))
     offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     run_cli(
         [
