@@ -24,6 +24,8 @@ from pathlib import Path
 
 import tiktoken
 
+from .errors import first_line
+
 EOT = "<|endoftext|>"
 EOT_ID = 50256
 GPT2_VOCAB_SIZE = 50_257  # 50,000 merges + 256 byte tokens + <|endoftext|>
@@ -269,7 +271,7 @@ def _load_file(path: Path, mtime_ns: int, size: int) -> Tokenizer:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise TokenizerError(
-            f"{path} is not a readable tokenizer.json ({str(e).splitlines()[0]}); "
+            f"{path} is not a readable tokenizer.json ({first_line(e)}); "
             "point --tokenizer at the file `gpt-launch tokenizer train` wrote, or train one again"
         ) from None
     if not isinstance(data, dict):

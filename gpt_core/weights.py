@@ -17,6 +17,7 @@ from safetensors.torch import load_file, load_model, save_file
 
 from . import hf
 from .config import ConfigError, GPTConfig
+from .errors import first_line
 from .model import GPT
 from .tokenizer import Tokenizer
 
@@ -106,9 +107,8 @@ def load_pretrained(folder: str | Path, map_location: str | torch.device = "cpu"
     try:
         missing, unexpected = load_model(model, str(weights), strict=False, device=str(map_location))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
-            f"{weights} is corrupt or does not match {config_file} ({first_line}); use another checkpoint or retrain"
+            f"{weights} is corrupt or does not match {config_file} ({first_line(e)}); use another checkpoint or retrain"
         ) from None
     # The tied head is stored once under the embedding's name, so it may show up as "missing".
     missing = [m for m in missing if m != "head.weight"]
@@ -126,8 +126,7 @@ def _load_hf(folder: Path, config: GPTConfig, map_location) -> GPT:
         model = GPT(config).to(map_location)
         model.load_state_dict(state)
     except (SafetensorError, OSError, KeyError, RuntimeError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
-            f"{weights} does not hold the model its config.json describes ({first_line[:200]})"
+            f"{weights} does not hold the model its config.json describes ({first_line(e)})"
         ) from None
     return model

@@ -37,7 +37,7 @@ from gpt_core import (
 from gpt_core.tokenizer import GPT2_VOCAB_SIZE, TOKENIZER_NAME
 from gpt_core.weights import CONFIG_NAME, WEIGHTS_NAME
 
-from .errors import UserError, is_disk_full
+from .errors import UserError, first_line, is_disk_full
 from .runtime import fault_point
 
 STATE_NAME = "trainer_state.json"
@@ -116,7 +116,7 @@ def _is_write_failure(e: Exception) -> bool:
 
 def _disk_error(e: Exception, target: Path, run_dir: Path) -> UserError:
     no_space = is_disk_full(e) or any(t in str(e) for t in NO_SPACE_TEXT)
-    why = "no space left: the disk, quota or file-size limit is full" if no_space else str(e).splitlines()[0]
+    why = "no space left: the disk, quota or file-size limit is full" if no_space else first_line(e)
     fix = f"free space under {target.parent}" if no_space else f"make {target.parent} writable"
     previous = step_checkpoints(run_dir)
     if previous:
@@ -232,9 +232,7 @@ def read_checkpoint(path: Path, config: GPTConfig, tokenizer: Tokenizer) -> dict
         saved = GPTConfig.load(path / CONFIG_NAME)
         state = json.loads((path / STATE_NAME).read_text())
     except (ValueError, OSError) as e:
-        raise CheckpointError(
-            f"{path} is corrupt ({str(e).splitlines()[0]}); resume from an older step-N folder"
-        ) from None
+        raise CheckpointError(f"{path} is corrupt ({first_line(e)}); resume from an older step-N folder") from None
     if saved != config:
         diff = {k: (v, getattr(config, k)) for k, v in saved.to_dict().items() if getattr(config, k) != v}
         raise UserError(
@@ -295,9 +293,8 @@ def load_training_state(accelerator, model, path: Path) -> None:
             plain_model(accelerator, model).load_state_dict(weights)
         accelerator.load_state(str(path / "state"))
     except Exception as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
-            f"{path} could not be loaded ({type(e).__name__}: {first_line[:200]}); it is corrupt or not ours - "
+            f"{path} could not be loaded ({type(e).__name__}: {first_line(e)}); it is corrupt or not ours - "
             "resume from an older checkpoints/step-N folder"
         ) from None
 

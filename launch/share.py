@@ -18,7 +18,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .report import markdown_table
 from .summary import RunSummary
 from .wandb_files import wandb_runs
@@ -146,7 +146,7 @@ def connect():
     except wandb.errors.UsageError:
         raise UserError("not logged in to W&B: run `wandb login` (or set WANDB_API_KEY), then share again") from None
     except wandb.errors.Error as e:
-        raise UserError(f"W&B did not accept the login ({str(e).splitlines()[0][:160]}); check `wandb login`") from None
+        raise UserError(f"W&B did not accept the login ({first_line(e)}); check `wandb login`") from None
 
 
 def share(run_dir: Path, entity: str | None = None, log=print) -> str:
@@ -169,8 +169,7 @@ def share(run_dir: Path, entity: str | None = None, log=print) -> str:
         missing = [i for i in spec["run_ids"] if not _on_server(api, f"{entity}/{spec['project']}/{i}")]
     except wandb.errors.Error as e:
         raise UserError(
-            f"W&B refused the request ({str(e).splitlines()[0][:200]}); the report's specification is "
-            f"saved in {spec_path}"
+            f"W&B refused the request ({first_line(e)}); the report's specification is saved in {spec_path}"
         ) from None
     if missing:
         raise UserError(
@@ -183,8 +182,7 @@ def share(run_dir: Path, entity: str | None = None, log=print) -> str:
         report = build_report(spec, entity).save()
     except (wandb.errors.Error, OSError) as e:
         raise UserError(
-            f"W&B did not save the report ({str(e).splitlines()[0][:200]}); the specification is in "
-            f"{spec_path}: share again"
+            f"W&B did not save the report ({first_line(e)}); the specification is in {spec_path}: share again"
         ) from None
     log(f"share: report saved; specification in {spec_path}")
     return report.url

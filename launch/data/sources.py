@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 HUB_HOST = "huggingface.co"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # "name" or "owner/name"; anything else is a path
@@ -162,7 +162,7 @@ def _read_parquet(path: Path, field: str, scratch: Path) -> Iterator[Chunk]:
         try:
             parquet = pq.ParquetFile(readable)
         except Exception as e:
-            raise UserError(f"could not read {path} as parquet: {str(e).splitlines()[0]}") from None
+            raise UserError(f"could not read {path} as parquet: {first_line(e)}") from None
         names = parquet.schema_arrow.names
         if field not in names:
             raise UserError(f"{path} has no field {field!r} (fields: {names}); pass --text-field")
@@ -235,7 +235,7 @@ def _not_available(name: str, online: bool, error: Exception) -> UserError:
             "datasets cache; pass your own files instead (--data stories/: .txt, .jsonl, .json or .parquet, gzipped or "
             "not, a file, a folder or a glob), or --smoke for the stories shipped with the package"
         )
-    return UserError(f"could not load {name!r} from the hub: {str(error).splitlines()[0]}")
+    return UserError(f"could not load {name!r} from the hub: {first_line(error)}")
 
 
 def hub_fingerprint(name: str, split: str) -> tuple[str, str]:
