@@ -237,6 +237,17 @@ def collective_failure(error: BaseException, timeout_s: float) -> UserError | No
     return None
 
 
+def find_shipped_deepspeed_config() -> None:
+    """The shipped DeepSpeed YAMLs name their JSON as `launch/ds_zero*.json`, a path relative to the
+    repository root, which is all Accelerate's YAML can hold. Launched from any other folder, the
+    JSON that ships beside them in this package is meant: point Accelerate at it."""
+    named = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if named and not Path(named).is_file():
+        shipped = Path(__file__).parent / Path(named).name
+        if Path(named).parent == Path("launch") and shipped.is_file():
+            os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"] = str(shipped)
+
+
 def make_accelerator(collective_timeout_s: float = 1800, **kwargs):
     """An Accelerator that sees every process, also on a machine without a GPU.
 
@@ -249,6 +260,7 @@ def make_accelerator(collective_timeout_s: float = 1800, **kwargs):
     from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
     check_elastic_launch()
+    find_shipped_deepspeed_config()
     timeout = timedelta(seconds=collective_timeout_s)
     kwargs["kwargs_handlers"] = [*kwargs.get("kwargs_handlers", []), InitProcessGroupKwargs(timeout=timeout)]
     launched = int(os.environ.get("WORLD_SIZE", "1"))
