@@ -35,13 +35,13 @@ def model_and_batch(device, train: bool):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_fused_head_equals_the_unfused_loss_and_gradients_under_autocast(device, dtype):
     model, x, y = model_and_batch(device, train=True)  # dropout on: both passes draw the same masks
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), autocast(device, dtype):
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []), autocast(device, dtype):
         torch.manual_seed(1)
         _, fused = model(x, y)
     fused.backward()
     fused_grads = [p.grad.float().clone() for p in model.parameters()]
     model.zero_grad()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), autocast(device, dtype):
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []), autocast(device, dtype):
         torch.manual_seed(1)
         logits, _ = model(x)
     plain = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100)

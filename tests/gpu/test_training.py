@@ -10,22 +10,13 @@ import torch
 
 from gpt_core import GPT, load_pretrained
 from launch.runtime import supports_precision
-from tests.gpu.conftest import device_env, exact_on_cpu
+from tests.gpu.conftest import close, device_env, same_run
 from tests.helpers import invoke, outcome, records, train_here
 from tests.launch.test_optim import expected_lr
 
 pytestmark = pytest.mark.slow  # each trains for seconds
 
 BF16 = ("--mixed-precision", "bf16", "--max-steps", "6", "--eval-every", "2", "--log-every", "1")
-
-
-def close(a: list[dict], b: list[dict], rel: float) -> None:
-    """The same records, every number within `rel`: runs whose kernels differ (compiled, eager) in the last bits."""
-    assert [(r["kind"], r["step"]) for r in a] == [(r["kind"], r["step"]) for r in b]
-    for x, y in zip(a, b, strict=True):
-        for key, value in x.items():
-            expected = pytest.approx(value, rel=rel) if isinstance(value, float) else value
-            assert y[key] == expected, (x["kind"], x["step"], key)
 
 
 def paused_and_resumed(out, first: tuple, second: tuple, env: dict, at: int = 3) -> None:
@@ -46,7 +37,7 @@ def bf16_runs(device, story_run, tmp_path_factory):
 
 def test_bf16_pauses_and_resumes_exactly_with_recomputation_a_trained_tokenizer_and_init_from(device, bf16_runs):
     straight, resumed = bf16_runs
-    assert outcome(resumed) == exact_on_cpu(device, outcome(straight))
+    same_run(device, outcome(resumed), outcome(straight))
     summary = json.loads((resumed / "summary.json").read_text())
     assert summary["hardware"]["mixed_precision"] == "bf16" and summary["model"]["vocab_size"] == 512
     assert (resumed / "checkpoints" / "best" / "tokenizer.json").is_file()
