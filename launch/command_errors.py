@@ -70,12 +70,11 @@ class OneLineUsageErrors:
 
 
 class Command(OneLineUsageErrors, click.Command):
-    pass
+    """A command run on its own (a recipe)."""
 
 
 class Group(OneLineUsageErrors, click.Group):
-    command_class = click.Command  # each subcommand's mistakes reach the group's main, which says them
-    group_class = click.Group
+    """`gpt-launch`: its subcommands' usage mistakes reach the group's main, which says them."""
 
 
 def _out_of_memory(error: RuntimeError) -> bool:

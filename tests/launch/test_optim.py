@@ -66,6 +66,7 @@ def test_min_lr_above_lr_is_one_line():
         TrainConfig(lr=1e-3, min_lr=1e-2)
 
 
+@pytest.mark.slow  # trains for seconds
 def test_a_wsd_run_extended_before_its_decay_redoes_none_of_it(tmp_path):
     """Planned for 10 steps, paused at 4 (still in its stable phase), resumed for 20: every record equals
     a run planned for 20 from the start, so nothing trained before the extension is wasted."""

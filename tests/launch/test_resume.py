@@ -104,6 +104,7 @@ def test_a_read_only_run_folder_is_one_line_that_does_not_blame_the_disk(paused_
     assert "make it writable" in line and "free space" not in line
 
 
+@pytest.mark.slow  # trains for seconds
 def test_values_that_do_nothing_get_a_note_at_the_start(tmp_path):
     result = train_here(
         tmp_path / "run", "--max-steps", "3", "--profile-steps", "2", "--schedule", "cosine", "--decay-fraction", "0.5"
