@@ -34,6 +34,11 @@ def byte_lengths(tokenizer: Tokenizer, device: torch.device) -> torch.Tensor:
     return torch.tensor(lengths, dtype=torch.float64, device=device)
 
 
+def perplexity(loss: float) -> float:
+    """exp(loss), held at e^700 (a float's range ends near e^709): a loss that high is hopeless anyway."""
+    return math.exp(min(loss, 700))
+
+
 def metrics_text(m: dict) -> str:
     """The one way metrics are printed: training's validations, a run's test, `gpt-launch evaluate`."""
     return (
@@ -71,7 +76,7 @@ def evaluate(
     loss = loss_sum / tokens
     return {
         "loss": loss,
-        "perplexity": math.exp(min(loss, 700)),
+        "perplexity": perplexity(loss),
         "accuracy": correct / tokens,
         "bits_per_byte": loss_sum / math.log(2) / text_bytes if text_bytes else float("nan"),
         "tokens": int(tokens),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import checkpoint as ckpt
 from .config import RUN_CONFIG_NAME, TrainConfig, saved_run_config, smoke_config
-from .errors import UserError, write_failure
+from .errors import UserError, check_writable, write_failure
 from .fields import flag_of, get_path, leaf_fields, replace_paths
 from .summary import SUMMARY_NAME
 from .tracking import METRICS_NAME, TRACKER_NAME
@@ -88,22 +88,22 @@ def starting_point(cfg: TrainConfig, log=print) -> StartingPoint:
 
 
 def check_run_dir(run_dir: Path, create: bool = False) -> None:
-    """Fail early, in one line, when the run folder cannot be made (e.g. a path under a file); it is
-    created only once the data and model are ready, so a failed start leaves no empty folder."""
-    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
-    problem = None if existing.is_dir() else f"{existing} is a file"
-    for folder in (existing, ckpt.checkpoints_dir(run_dir)) if problem is None else ():
-        if folder.is_dir() and (failure := write_failure(folder)):
-            raise UserError(
-                f"cannot write in {folder} ({failure.strerror}); make it writable, or choose another --output-dir"
-            )
-    if create and problem is None:
+    """Fail early, in one line, when the run folder cannot be made or written (a path under a file, a
+    read-only folder or checkpoints/); it is created only once the data and model are ready, so a
+    failed start leaves no empty folder."""
+    check_writable(run_dir, "--output-dir")
+    checkpoints = ckpt.checkpoints_dir(run_dir)
+    if checkpoints.is_dir() and (failure := write_failure(checkpoints)):
+        raise UserError(
+            f"cannot write in {checkpoints} ({failure.strerror}); make it writable, or choose another --output-dir"
+        )
+    if create:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            problem = e.strerror
-    if problem:
-        raise UserError(f"cannot create the run folder {run_dir} ({problem}); choose another --output-dir")
+            raise UserError(
+                f"cannot create the run folder {run_dir} ({e.strerror}); choose another --output-dir"
+            ) from None
 
 
 def holds_run(run_dir: Path) -> bool:

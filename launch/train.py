@@ -31,7 +31,7 @@ from .config import TrainConfig, default_batch_size
 from .data.batching import make_loaders
 from .data.prepare import PreparedData, prepare_data
 from .errors import UserError
-from .evaluate import evaluate, metrics_text
+from .evaluate import evaluate, metrics_text, perplexity
 from .optim import build_optimizer, lr_at, unused_schedule_settings
 from .profiling import StepProfiler
 from .progress import progress
@@ -333,7 +333,7 @@ def log_training(run: Run, epoch: int) -> None:
             "step": state.step,
             "epoch": epoch,
             "loss": mean_loss,
-            "perplexity": math.exp(min(mean_loss, 700)),
+            "perplexity": perplexity(mean_loss),
             "lr": run.optimizer.param_groups[0]["lr"],
             "grad_norm": None if run.grad_norm is None else float(run.grad_norm),
             "tokens": state.tokens,

@@ -286,7 +286,7 @@ def test_a_corrupt_rng_state_is_a_clear_error_not_a_silent_inexact_resume(paused
 def test_an_output_dir_under_a_file_is_one_line(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     proc = train(tmp_path / "file" / "run", "--max-steps", "2", "--data-cache", tmp_path / "cache", check=False)
-    one_error_line(proc, "cannot create the run folder")
+    one_error_line(proc, "is a file, so nothing can be made under it; choose another --output-dir")
     assert not (tmp_path / "cache").exists(), "checked before any data work"
 
 
