@@ -74,6 +74,7 @@ class Run:
     profiler: StepProfiler | None = None
     progress: object = None
     grad_norm: torch.Tensor | None = None
+    loss_scale: float | None = None  # the fp16 scaler's scale before the next update
     session_start_step: int = 0
     start_time: float = field(default_factory=time.time)
 
@@ -120,10 +121,8 @@ def build_run(cfg: TrainConfig, resume_from: Path | None) -> Run:
     model.activation_checkpointing = cfg.activation_checkpointing
     cfg = resolve_auto_batch(cfg, accelerator, model)
     batch_size = cfg.batch_size or default_batch_size(accelerator.device.type)
-    pin = accelerator.device.type == "cuda"
-    loaders = make_loaders(
-        data.splits, model_config.context_length, cfg.layout, batch_size, cfg.seed, pin, accelerator.print
-    )
+    pin, context = accelerator.device.type == "cuda", model_config.context_length
+    loaders = make_loaders(data.splits, context, cfg.layout, batch_size, cfg.seed, pin, accelerator.print)
     if cfg.compile:
         # In place: the module keeps its own parameter names (a torch.compile wrapper would prefix
         # each with `_orig_mod.`), so checkpoints, DeepSpeed and resumes see the same model either way.
@@ -165,6 +164,7 @@ def _open_run_folder(run: Run, resume_from: Path | None) -> None:
     if resume_from is not None:
         _restore(run, resume_from)
     run.session_start_step = run.state.step
+    run.loss_scale = accelerator.scaler.get_scale() if accelerator.scaler is not None else None  # restored too
     run.state.mixed_precision = accelerator.mixed_precision
     resumed_step = run.state.step if resume_from is not None else None
     name = cfg.run_name or run.run_dir.name
@@ -258,17 +258,15 @@ def micro_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> bool:
                 group["lr"] = lr_at(state.step, cfg, run.total_steps)
         _, loss = run.model(x, y)
         acc.backward(loss)
-        scale = None
         if acc.sync_gradients:
             run.grad_norm = acc.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
-            scale = acc.scaler.get_scale() if acc.scaler is not None else None
         run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
     run.window.add(loss)
     run.tokens.add(y)
     if not acc.sync_gradients:
         return False
-    applied = not _update_skipped(acc, scale)
+    applied = not _update_skipped(run)
     run.tokens.end_update(applied)
     if applied:
         state.step += 1
@@ -277,13 +275,14 @@ def micro_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> bool:
     return applied
 
 
-def _update_skipped(acc, scale_before: float | None) -> bool:
-    """Whether the fp16 loss scaler skipped the update just taken (an inf/NaN gradient). Accelerate's
-    own flag misses it for a fused optimizer, whose kernel does the skipping after step() is called;
-    but the scaler lowers its scale after every skip, and only then."""
-    if scale_before is not None:
-        return acc.scaler.get_scale() < scale_before
-    return acc.optimizer_step_was_skipped  # DeepSpeed's own loss scaler
+def _update_skipped(run: Run) -> bool:
+    """Whether the fp16 loss scaler skipped the update just taken: its scale drops after every skip,
+    and only then (Accelerate's own flag misses the skips of a fused optimizer's kernel). Read once
+    per update, once it is queued: the one host sync an fp16 update costs."""
+    if run.accelerator.scaler is None:
+        return run.accelerator.optimizer_step_was_skipped  # DeepSpeed's own loss scaler
+    before, run.loss_scale = run.loss_scale, run.accelerator.scaler.get_scale()
+    return run.loss_scale < before
 
 
 def after_step(run: Run, stop_signal: StopSignal, epoch_end: bool) -> StopReason | None:
