@@ -80,7 +80,7 @@ def write_corpus(out: Path, stories: int, source: Path, seed: int = 0, per_file:
 # ---------------------------------------------------------------------------------------------
 STREAMING = """
 import json, sys, time
-from launch.config import DataConfig
+from launch.settings.config import DataConfig
 from launch.data.prepare import prepare_data
 corpus, cache, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
 start = time.perf_counter()

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from gpt_core import IGNORE_INDEX, GPTConfig
 from gpt_core.model import sinusoidal_positions
 from launch.bench.measure import BUILT_IN, GRAD_CLIP, Implementation, plain_adamw
-from launch.bench.run import BenchSettings, format_table, run_bench
+from launch.bench.run import format_table, run_bench
+from launch.settings.commands import BenchSettings
 
 IMPLEMENTATIONS = {"ours": BUILT_IN["ours"], "paper": "benchmarks.paper_recipe:PAPER", "hf_gpt2": BUILT_IN["hf_gpt2"]}
 

@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 
 from gpt_core import get_preset, load_tokenizer
-from launch.config import DataConfig
 from launch.data.prepare import prepare_data
-from launch.evaluate import byte_lengths
+from launch.settings.config import DataConfig
+from launch.training.evaluation import byte_lengths
 
 TOKENIZERS = {"GPT-2 BPE": None, "story BPE 4,096": 4096, "story BPE 1,024": 1024}
 PROBE_STEPS = 30

@@ -5,18 +5,19 @@ User mistakes print one line (`error: ...`) and exit 2; bugs keep their tracebac
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 import click
 
-from .command_errors import Command, Group, user_errors_exit
-from .config import BATCH_SIZE_RULE, TrainConfig
-from .errors import UserError
-from .fields import replace_paths
-from .options import config_options, given_options
-from .sampling import Sampling
+from launch.errors import UserError
+from launch.settings.command_errors import Command, Group, user_errors_exit
+from launch.settings.commands import BenchSettings, EvaluateSettings, GenerateSettings, InfoSettings
+from launch.settings.config import TrainConfig
+from launch.settings.fields import replace_paths
+from launch.settings.options import config_options, given_options
 
 WIDE = {"max_content_width": 110}
 
@@ -44,8 +45,8 @@ def train_command(
     @click.pass_context
     @user_errors_exit
     def command(ctx, smoke, **params):
-        from .resume import session_config
-        from .train import train
+        from launch.training.loop import train
+        from launch.training.resume import session_config
 
         cfg = session_config(defaults, given_options(ctx, params), smoke)
         for needed in needs:
@@ -64,51 +65,16 @@ def cli():
 cli.add_command(train_command())
 
 
-# evaluate and generate: one definition of the precision they run in
-precision_option = click.option(
-    "--mixed-precision",
-    type=click.Choice(["no", "bf16", "fp16"]),
-    default=None,
-    help="Precision of the forward passes [default: what the weights were trained in, where this device runs "
-    "it at speed; else fp32 (no)].",
-)
-
-
 @cli.command(context_settings={"show_default": True})
 @click.argument("checkpoint", required=False)
-@click.option("--prompt", "-p", default="Once upon a time", help="Text to continue.")
-@click.option(
-    "--max-tokens",
-    type=int,
-    default=Sampling.max_tokens,
-    help="New tokens at most (generation also stops at <|endoftext|>).",
-)
-@click.option("--temperature", type=float, default=Sampling.temperature, help="Sampling temperature (> 0).")
-@click.option("--top-k", type=int, default=Sampling.top_k, help="Sample among the k most likely tokens (0: no limit).")
-@click.option(
-    "--top-p",
-    type=float,
-    default=Sampling.top_p,
-    help="Sample within the smallest set of tokens holding this probability.",
-)
-@click.option("--greedy", is_flag=True, help="Always take the most likely token (ignores temperature, top-k, top-p).")
-@click.option("--seed", type=int, default=None, help="Seed for repeatable samples [default: random].")
-@click.option("--num-samples", "-n", type=int, default=Sampling.num_samples, help="Stories per prompt.")
-@click.option("--interactive", "-i", is_flag=True, help="Keep asking for prompts (empty line or Ctrl-D ends).")
-@click.option("--device", default="auto", help="cpu, cuda, cuda:1 ... [default: cuda if available].")
-@click.option(
-    "--tokenizer",
-    default=None,
-    help="The weights' tokenizer, for weights that carry none [default: their own tokenizer.json, else GPT-2 BPE].",
-)
-@precision_option
+@config_options(GenerateSettings())
 @user_errors_exit
-def generate(checkpoint, prompt, interactive, device, tokenizer, mixed_precision, **sampling):
+def generate(checkpoint, **settings):
     """Sample stories from CHECKPOINT (a run folder, a checkpoint folder, or the newest run), streaming
     tokens as they are produced."""
-    from .sampling import generate_command
+    from launch.commands.generate import generate_command
 
-    generate_command(checkpoint, prompt, Sampling(**sampling), interactive, device, tokenizer, mixed_precision)
+    generate_command(checkpoint, GenerateSettings(**settings))
 
 
 @cli.command()
@@ -123,7 +89,7 @@ def prepare(ctx, **params):
     \\b
     gpt-launch prepare --data stories/ --data-workers 16
     """
-    from .data.prepare import prepare_or_verify
+    from launch.data.prepare import prepare_or_verify
 
     cfg = replace_paths(TrainConfig(), given_options(ctx, params))
     prepare_or_verify(cfg.data, cfg.seed, progress_bar=sys.stderr.isatty())
@@ -149,61 +115,43 @@ def train_tokenizer(ctx, output, vocab_size, **params):
     \b
     gpt-launch tokenizer train --data stories/ --vocab-size 4096 --output tokenizers/story-4k
     """
-    from .data.tokenizer_training import train_tokenizer as train_bpe
+    from launch.data.tokenizer_training import train_tokenizer as train_bpe
 
     cfg = replace_paths(TrainConfig(), given_options(ctx, params))
     click.echo(f"tokenizer: {train_bpe(cfg.data, cfg.seed, vocab_size, output)}")
 
 
-@cli.command()
+@cli.command(context_settings={"show_default": True})
 @click.argument("checkpoint", required=False)
-@click.option(
-    "--split",
-    type=click.Choice(["train", "validation", "test", "all"]),
-    default="test",
-    show_default=True,
-    help="Which split of the data (cut as in training); 'all' measures every story.",
-)
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Rows per process per batch.")
-@click.option("--max-batches", type=int, default=None, help="Measure at most N batches per process [default: all].")
-@click.option("--json-out", default=None, help="Also write the metrics as JSON here.")
-@precision_option
+@config_options(EvaluateSettings())
 @config_options(TrainConfig(), only=("data.", "layout", "seed"), show_default=False)
 @click.pass_context
 @user_errors_exit
-def evaluate(ctx, checkpoint, split, batch_size, max_batches, json_out, mixed_precision, **params):
+def evaluate(ctx, checkpoint, **params):
     """Perplexity and token accuracy of CHECKPOINT: exp of the mean loss over real target tokens,
     gathered across processes without duplicates (works under `accelerate launch`).
 
     The data settings are the run's own (its train_config.json), so `--split test` is the run's test
     split; each flag given replaces one of them. Outside a run folder, the paper's settings apply.
     """
-    from .evaluate import evaluate_checkpoint
+    from launch.commands.evaluate import evaluate_checkpoint
 
-    evaluate_checkpoint(
-        checkpoint, split, batch_size, max_batches, json_out, given_options(ctx, params), mixed_precision
-    )
+    own = {f.name for f in dataclasses.fields(EvaluateSettings)}
+    settings = EvaluateSettings(**{k: v for k, v in params.items() if k in own})
+    given = given_options(ctx, {k: v for k, v in params.items() if k not in own})
+    evaluate_checkpoint(checkpoint, settings, given)
 
 
 @cli.command(context_settings={"show_default": True})
 @click.argument("checkpoint", required=False)
-@click.option("--preset", default=None, help="Describe a preset instead of a checkpoint.")
-@click.option("--batch-size", type=int, default=None, help=f"Batch for the timing [default: {BATCH_SIZE_RULE}].")
-@click.option(
-    "--epoch-tokens",
-    type=int,
-    default=37_800_000,
-    help="Training tokens per epoch for the estimate (paper split: 189,000 stories x ~200 tokens).",
-)
-@click.option("--measure-steps", type=int, default=3, help="Timed optimizer steps (after two untimed ones).")
-@click.option("--device", default="auto", help="cpu, cuda, ... [default: cuda if available].")
+@config_options(InfoSettings())
 @user_errors_exit
-def info(checkpoint, preset, batch_size, epoch_tokens, measure_steps, device):
+def info(checkpoint, **settings):
     """A checkpoint's or preset's config, parameter count, FLOPs per token, and an estimate of one
     epoch's time on this device, measured as `gpt-launch bench` measures our training."""
-    from .info import describe
+    from launch.commands.info import describe
 
-    for line in describe(checkpoint, preset, batch_size, epoch_tokens, measure_steps, device):
+    for line in describe(checkpoint, InfoSettings(**settings)):
         click.echo(line)
 
 
@@ -226,7 +174,7 @@ def info(checkpoint, preset, batch_size, epoch_tokens, measure_steps, device):
 @user_errors_exit
 def report(run_dir, fmt, output):
     """Turn RUN_DIR into a report: config, curves, final metrics, sample stories, hardware, throughput."""
-    from .report import write_report
+    from launch.commands.report import write_report
 
     click.echo(f"report: {write_report(Path(run_dir), fmt, output)}")
 
@@ -241,7 +189,7 @@ def share(run_dir, entity):
     """Publish RUN_DIR as a W&B Report: summary, loss/perplexity/accuracy/lr/throughput plots of the keys the run
     logged, the samples table, the curves image, hardware and config. Offline, it saves the report's
     specification as RUN_DIR/wandb_report.json and says what to run (`wandb sync ...`, then share again)."""
-    from .share import share as publish
+    from launch.commands.share import share as publish
 
     click.echo(f"share: {publish(Path(run_dir), entity, log=click.echo)}")
 
@@ -262,7 +210,7 @@ def share(run_dir, entity):
 def export(run_dir, out, license_, repo, private):
     """Write RUN_DIR's best weights to OUT as a model folder: model.safetensors, config.json, the tokenizer's
     name and a Hugging Face model card (README.md) with the run's test metrics and samples."""
-    from .export import export_model, push_to_hub
+    from launch.commands.export import export_model, push_to_hub
 
     folder = export_model(Path(run_dir), Path(out), license_)
     click.echo(f"export: {folder} (load it with gpt_core.load_pretrained)")
@@ -271,61 +219,22 @@ def export(run_dir, out, license_, repo, private):
 
 
 @cli.command(context_settings={"show_default": True})
-@click.option("--preset", default="paper", help="Model shape to measure.")
-@click.option("--batch-size", type=int, default=None, help=f"Rows per micro-batch [default: {BATCH_SIZE_RULE}].")
-@click.option("--grad-accum", type=int, default=2, help="Micro-batches per optimizer step.")
-@click.option("--steps", type=int, default=3, help="Timed optimizer steps per implementation and round.")
-@click.option(
-    "--warmup",
-    type=int,
-    default=2,
-    help="Untimed optimizer steps first: the first steps pay for page faults and optimizer state.",
-)
-@click.option("--rounds", type=int, default=2, help="Interleaved rounds over the implementations; figures are medians.")
-@click.option("--device", default="auto", help="cpu, cuda, ... [default: cuda if available].")
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "bf16", "fp16"]),
-    default=None,
-    help="Training precision [default: fp32 on CPU, bf16 on GPU].",
-)
-@click.option("--data", default=None, help="Stories whose real lengths are used [default: the shipped smoke stories].")
-@click.option(
-    "--baselines/--no-baselines",
-    default=True,
-    help="Also measure transformers' GPT-2 of the same size (when transformers is installed).",
-)
-@click.option("--gen-tokens", type=int, default=300, help="Tokens generated for the KV-cache comparison.")
-@click.option("--compile", is_flag=True, help="Measure our model under torch.compile.")
-@click.option(
-    "--activation-checkpointing",
-    "recomputing",
-    is_flag=True,
-    help="Also measure ours with --activation-checkpointing: its peak memory and its cost in time.",
-)
-@click.option(
-    "--json",
-    "json_out",
-    default=None,
-    help="Also write the figures as one JSON object to this file ('-': stdout only).",
-)
+@config_options(BenchSettings())
 @user_errors_exit
-def bench(baselines, recomputing, json_out, **settings):
+def bench(**settings):
     """Measure training throughput (useful tokens/s, MFU against the measured matmul peak, peak memory),
     evaluation, KV-cache generation and data preparation on this device, against transformers' GPT-2
     when it is installed. (The paper's recipe as written: `python -m benchmarks.paper_recipe`.)"""
-    from .bench.measure import default_implementations
-    from .bench.run import BenchSettings, format_table, run_bench
+    from launch.bench.measure import default_implementations
+    from launch.bench.run import format_table, run_bench
 
-    quiet = json_out == "-"
-    result = run_bench(
-        BenchSettings(**settings),
-        default_implementations(baselines, recomputing),
-        progress=lambda m: click.echo(m, err=True),
-    )
+    s = BenchSettings(**settings)
+    quiet = s.json_out == "-"
+    progress = lambda m: click.echo(m, err=True)
+    result = run_bench(s, default_implementations(s.baselines, s.activation_checkpointing), progress=progress)
     click.echo(json.dumps(result) if quiet else format_table(result))
-    if json_out and not quiet:
-        Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
+    if s.json_out and not quiet:
+        Path(s.json_out).write_text(json.dumps(result, indent=2) + "\n")
 
 
 def main() -> None:

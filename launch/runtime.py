@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from launch.errors import UserError
 
 
 class TrainingInterrupted(Exception):
@@ -238,13 +238,13 @@ def collective_failure(error: BaseException, timeout_s: float) -> UserError | No
 
 
 def find_shipped_deepspeed_config() -> None:
-    """The shipped DeepSpeed YAMLs name their JSON as `launch/ds_zero*.json`, a path relative to the
+    """The shipped DeepSpeed YAMLs name their JSON as `launch/configs/ds_zero*.json`, a path relative to the
     repository root, which is all Accelerate's YAML can hold. Launched from any other folder, the
     JSON that ships beside them in this package is meant: point Accelerate at it."""
     named = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
     if named and not Path(named).is_file():
-        shipped = Path(__file__).parent / Path(named).name
-        if Path(named).parent == Path("launch") and shipped.is_file():
+        shipped = Path(__file__).parent / "configs" / Path(named).name
+        if Path(named).parent == Path("launch/configs") and shipped.is_file():
             os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"] = str(shipped)
 
 
@@ -273,8 +273,8 @@ def make_accelerator(collective_timeout_s: float = 1800, **kwargs):
             # Accelerate turns FSDP on only over a GPU-like process group; on CPUs every rank would
             # silently train alone (distributed type NO). Checked with accelerate 1.15.
             raise UserError(
-                "FSDP runs only on GPUs under Accelerate: on CPUs use DDP (launch/multi_gpu.yaml with "
-                "--mixed_precision no) or DeepSpeed ZeRO-3 (launch/deepspeed_zero3.yaml), which also shards"
+                "FSDP runs only on GPUs under Accelerate: on CPUs use DDP (launch/configs/multi_gpu.yaml with "
+                "--mixed_precision no) or DeepSpeed ZeRO-3 (launch/configs/deepspeed_zero3.yaml), which also shards"
             )
         if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
             PartialState(backend="gloo", timeout=timeout)

@@ -12,7 +12,7 @@ field and can be changed on the command line (see --help).
 """
 
 from launch.cli import train_command
-from launch.config import DataConfig, TrainConfig
+from launch.settings.config import DataConfig, TrainConfig
 
 RECIPE = TrainConfig(
     data=DataConfig(max_samples=None),  # every story of the new data

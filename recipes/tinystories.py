@@ -12,7 +12,7 @@ home); every one can be changed on the command line (see --help).
 """
 
 from launch.cli import train_command
-from launch.config import TrainConfig
+from launch.settings.config import TrainConfig
 
 RECIPE = TrainConfig(output_dir="runs/tinystories")
 

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from launch.config import SMOKE_DATA
+from launch.settings.config import SMOKE_DATA
 from tests.helpers import REFERENCE, SHARED_TINYSTORIES, STORY_RUN, WANDB_SECRET, invoke, tiny_run, train_here
 
 

@@ -32,9 +32,8 @@ from pathlib import Path
 import torch
 
 from gpt_core import EOT_ID, GPT, IGNORE_INDEX, GPTConfig, generate, get_preset, get_tokenizer
-
-from ..config import SMOKE_DATA, DataConfig, TrainConfig, default_batch_size
-from ..optim import build_optimizer
+from launch.settings.config import SMOKE_DATA, DataConfig, TrainConfig, default_batch_size
+from launch.training.optim import build_optimizer
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -154,8 +153,8 @@ def _rows(padded: bool, data: dict, context: int, batch: int, count: int, device
     """`count` micro-batches of real stories: packed windows, or one padded story per row."""
     import numpy as np
 
-    from ..data.batching import PackedDataset, PaddedDataset
-    from ..data.splits import TokenSplit
+    from launch.data.batching import PackedDataset, PaddedDataset
+    from launch.data.splits import TokenSplit
 
     split = TokenSplit("train", np.load(data["tokens"], mmap_mode="r"), np.load(data["offsets"]), EOT_ID)
     ds = PaddedDataset(split, context) if padded else PackedDataset(split, context)
@@ -301,7 +300,7 @@ def interleaved(spec: dict, kinds: dict[str, tuple[str, dict]], rounds: int, wha
 
 def story_files(source: str | None = None, cache_dir: str | None = None) -> dict:
     """The token and offset files of the train split of `source` (default: the shipped smoke stories)."""
-    from ..data.prepare import prepare_data
+    from launch.data.prepare import prepare_data
 
     cfg = DataConfig(source=source or str(SMOKE_DATA), max_samples=None, cache_dir=cache_dir)
     prepared = prepare_data(cfg, log=lambda *_: None)
@@ -350,7 +349,7 @@ def measure_generation(preset: str, device, tokens: int, use_cache: bool) -> flo
 
 def measure_data_preparation(source: str) -> dict:
     """A cold preparation of `source` into a scratch cache (benchmarks/data_pipeline.py measures it at scale)."""
-    from ..data.prepare import prepare_data
+    from launch.data.prepare import prepare_data
 
     with tempfile.TemporaryDirectory() as scratch:
         meta = prepare_data(DataConfig(source=source, max_samples=None, cache_dir=scratch), log=lambda *_: None).meta

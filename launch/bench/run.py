@@ -4,14 +4,14 @@ ratios against references measured in the same run (see launch/bench/measure.py 
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
 
 import torch
 
 from gpt_core import get_preset
+from launch.runtime import device_name, resolve_device
+from launch.settings.commands import BenchSettings
+from launch.settings.config import SMOKE_DATA, default_batch_size
 
-from ..config import SMOKE_DATA, default_batch_size
-from ..runtime import device_name, resolve_device
 from .measure import (
     DTYPES,
     EVALUATIONS,
@@ -23,22 +23,6 @@ from .measure import (
     resolve,
     story_files,
 )
-
-
-@dataclass(frozen=True)
-class BenchSettings:
-    preset: str = "paper"
-    batch_size: int | None = None  # default_batch_size of the device
-    grad_accum: int = 2
-    steps: int = 3
-    warmup: int = 2
-    rounds: int = 2
-    device: str = "auto"
-    precision: str | None = None  # fp32 on a CPU, bf16 on a GPU
-    data: str | None = None  # the shipped smoke stories
-    gen_tokens: int = 300
-    compile: bool = False
-    cache_dir: str | None = None
 
 
 def run_bench(settings: BenchSettings, implementations: dict[str, str] | None = None, progress=print) -> dict:

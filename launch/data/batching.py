@@ -12,8 +12,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from gpt_core import IGNORE_INDEX
+from launch.errors import UserError
 
-from ..errors import UserError
 from .splits import TokenSplit
 
 

@@ -37,10 +37,10 @@ from pathlib import Path
 import numpy as np
 
 from gpt_core import Tokenizer
+from launch.errors import UserError, check_writable, is_disk_full
+from launch.settings.config import DataConfig
+from launch.training.progress import REPORT_EVERY_S
 
-from ..config import DataConfig
-from ..errors import UserError, check_writable, is_disk_full
-from ..progress import REPORT_EVERY_S
 from .sources import Source
 from .splits import SPLITS, TokenSplit, load_split, split_plan, write_split
 from .stream import DigestSet, Progress, Stream, Tokenizing, append_source

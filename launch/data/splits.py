@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import DataConfig
+from launch.settings.config import DataConfig
+
 from .stream import Stream
 
 SPLITS = ("train", "validation", "test")

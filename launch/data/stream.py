@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..progress import REPORT_EVERY_S
+from launch.training.progress import REPORT_EVERY_S
+
 from .sources import Source
 from .tokenize import WorkerTokenizer, drop_reasons, tokenized_chunks
 

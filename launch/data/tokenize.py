@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from launch.errors import UserError
+
 from .sources import Chunk, Source
 
 NOT_TEXT, EMPTY, SHORT = 1, 2, 3  # why a record is dropped before deduplication; 0 means kept

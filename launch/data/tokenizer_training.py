@@ -21,9 +21,9 @@ from pathlib import Path
 
 from gpt_core import Tokenizer, get_tokenizer
 from gpt_core.tokenizer import EOT, TOKENIZER_NAME, TrainedTokenizer
+from launch.errors import UserError, check_writable
+from launch.settings.config import DataConfig
 
-from ..config import DataConfig
-from ..errors import UserError, check_writable
 from .prepare import prepare_data
 from .splits import TokenSplit
 

@@ -7,7 +7,8 @@ import pytest
 from benchmarks.paper_recipe import IMPLEMENTATIONS, PaperGPT
 from gpt_core import GPT, get_preset
 from launch.bench.baselines import hf_gpt2
-from launch.bench.run import BenchSettings, run_bench
+from launch.bench.run import run_bench
+from launch.settings.commands import BenchSettings
 
 
 def test_baselines_have_the_same_size_as_ours():

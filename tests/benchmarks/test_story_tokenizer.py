@@ -5,7 +5,7 @@ import json
 import pytest
 
 from benchmarks.story_tokenizer import split_figures, tokens_per_second
-from launch.config import SMOKE_DATA, DataConfig
+from launch.settings.config import SMOKE_DATA, DataConfig
 from tests.launch.data.common import prepared, story_texts
 
 

@@ -10,9 +10,9 @@ import json
 import pytest
 import torch
 
-from launch.config import SMOKE_DATA, DataConfig
 from launch.data.batching import make_loaders
 from launch.data.prepare import prepare_data
+from launch.settings.config import SMOKE_DATA, DataConfig
 from tests.helpers import tiny_run
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

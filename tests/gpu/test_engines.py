@@ -23,7 +23,7 @@ SCHEDULE = ("--schedule", "linear", "--lr", "1e-2", "--min-lr", "1e-3", "--warmu
 def deepspeed_runs(request, device, tmp_path_factory):
     """Straight through (with the lr observer), and paused at step 2 then resumed, under one ZeRO stage."""
     stage, root = request.param, tmp_path_factory.mktemp(f"zero{request.param}-{device.type}")
-    config, processes = f"launch/deepspeed_zero{stage}.yaml", 2 if device.type == "cpu" else 1
+    config, processes = f"launch/configs/deepspeed_zero{stage}.yaml", 2 if device.type == "cpu" else 1
     env = {**device_env(device, launched=True), "LR_PROBE_OUT": str(root / "applied.json")}
     straight = run_cli(
         deepspeed_run(config, root / "straight", *SCHEDULE, processes=processes, script="tests/gpu/lr_probe.py"),

@@ -113,7 +113,7 @@ def test_a_skipped_fp16_update_is_not_a_step_and_the_scaler_resumes(device, tmp_
     after the skips resumes with the scaler's state: the same scale, so the same updates."""
     from accelerate.utils import AutocastKwargs
 
-    from launch import train as loop
+    from launch.training import loop
 
     make = loop.make_accelerator
 

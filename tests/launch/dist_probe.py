@@ -6,11 +6,11 @@ import json
 import sys
 from pathlib import Path
 
-from launch.config import DataConfig, smoke_config
 from launch.data.batching import make_dataloader, make_dataset
 from launch.data.prepare import prepare_data
 from launch.runtime import make_accelerator
-from launch.train import train
+from launch.settings.config import DataConfig, smoke_config
+from launch.training.loop import train
 
 out, data = Path(sys.argv[1]), sys.argv[2]
 cfg = dataclasses.replace(

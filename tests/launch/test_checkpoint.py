@@ -3,10 +3,12 @@
 import torch
 
 from gpt_core import GPT, load_pretrained
-from launch import checkpoint as ckpt
-from launch.config import TrainConfig
-from launch.optim import build_optimizer
+from launch.checkpoints.folders import step_checkpoints
+from launch.checkpoints.restoring import load_training_state, plain_model
+from launch.checkpoints.saving import store_weights_once
 from launch.runtime import make_accelerator
+from launch.settings.config import TrainConfig
+from launch.training.optim import build_optimizer
 
 
 def test_a_checkpoint_resumes_into_a_compiled_wrapper(paused_run):
@@ -16,14 +18,14 @@ def test_a_checkpoint_resumes_into_a_compiled_wrapper(paused_run):
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    step = ckpt.step_checkpoints(paused_run)[-1]
+    step = step_checkpoints(paused_run)[-1]
     saved = load_pretrained(step)
     accelerator = make_accelerator()
     model = GPT(saved.config)
     wrapped = torch.compile(model)  # nothing is compiled until it runs
     optimizer = build_optimizer(wrapped, TrainConfig(), accelerator.device)
-    ckpt.store_weights_once(accelerator)
+    store_weights_once(accelerator)
     wrapped, optimizer = accelerator.prepare(wrapped, optimizer)
-    ckpt.load_training_state(accelerator, wrapped, step)
-    assert ckpt.plain_model(accelerator, wrapped) is model
+    load_training_state(accelerator, wrapped, step)
+    assert plain_model(accelerator, wrapped) is model
     assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.state_dict().items())

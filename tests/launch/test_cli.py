@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from gpt_core import get_tokenizer, load_pretrained
-from launch.config import SMOKE_DATA, DataConfig
 from launch.data.batching import PackedDataset
 from launch.data.prepare import prepare_data
+from launch.settings.config import SMOKE_DATA, DataConfig
 from tests.helpers import invoke, launch_two, run_cli
 from tests.launch.data.common import story_texts
 

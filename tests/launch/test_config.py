@@ -6,9 +6,9 @@ import click
 import pytest
 
 from launch.cli import cli, train_command
-from launch.config import SMOKE_DATA, DataConfig, TrainConfig, smoke_config
 from launch.errors import UserError
-from launch.fields import flag_of, leaf_fields, replace_paths
+from launch.settings.config import SMOKE_DATA, DataConfig, TrainConfig, smoke_config
+from launch.settings.fields import flag_of, leaf_fields, replace_paths
 
 
 def test_every_config_field_has_exactly_one_cli_option_and_back():

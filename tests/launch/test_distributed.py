@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from launch.config import SMOKE_DATA
+from launch.settings.config import SMOKE_DATA
 from tests.helpers import (
     PYTHON,
     child_env,
@@ -52,7 +52,7 @@ def test_two_processes_split_the_data_and_agree(tmp_path):
 # ---- past one machine, on one host -------------------------------------------------------------------
 def two_process_run(out: Path, *launcher_flags, extra=()) -> list[str]:
     """`accelerate launch` of a tiny two-process CPU run with the given launcher flags, in bf16 (what
-    launch/multi_gpu.yaml ships with): DDP's restarts and multi-machine runs are checked in bf16."""
+    launch/configs/multi_gpu.yaml ships with): DDP's restarts and multi-machine runs are checked in bf16."""
     return launch_two(
         *launcher_flags,
         "-m",
@@ -221,7 +221,7 @@ def test_sigterm_to_a_single_process_launcher_checkpoints_instead_of_orphaning(t
         "accelerate",
         "launch",
         "--config_file",
-        "launch/cpu.yaml",
+        "launch/configs/cpu.yaml",
         "-m",
         "launch.cli",
         "train",
@@ -243,7 +243,17 @@ def test_sigterm_to_a_single_process_launcher_checkpoints_instead_of_orphaning(t
 def test_fsdp2_shards_the_tied_model_and_resumes_exactly_on_two_cpu_processes(tmp_path):
     """FSDP2 itself (fully_shard over gloo), in fp32 and under a bf16 MixedPrecisionPolicy; Accelerate's
     FSDP path needs GPUs, see fsdp2_probe.py."""
-    run_cli([PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2", "tests/launch/fsdp2_probe.py", tmp_path])
+    run_cli(
+        [
+            PYTHON,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "tests/launch/configs/fsdp2_probe.py",
+            tmp_path,
+        ]
+    )
     both = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     # fp32 matches the unsharded model to rounding; bf16 compute (8-bit mantissa) to within 2 %
     for precision, tolerance in (("fp32", 1e-5), ("bf16", 2e-2)):
@@ -263,7 +273,7 @@ def test_accelerate_fsdp_on_cpus_is_refused_instead_of_training_each_rank_alone(
             "accelerate",
             "launch",
             "--config_file",
-            "launch/fsdp2.yaml",
+            "launch/configs/fsdp2.yaml",
             "--num_processes",
             "2",
             "--mixed_precision",
@@ -299,7 +309,17 @@ def test_a_failing_launch_with_q_shows_our_one_line_and_no_traceback(tmp_path):
     """`accelerate launch -q`: Accelerate's own CalledProcessError traceback stays out of the way."""
     options = tiny_run_options(tmp_path / "run", "--lr", "-1")
     result = run_cli(
-        ["accelerate", "launch", "-q", "--config_file", "launch/cpu.yaml", "-m", "launch.cli", "train", *options],
+        [
+            "accelerate",
+            "launch",
+            "-q",
+            "--config_file",
+            "launch/configs/cpu.yaml",
+            "-m",
+            "launch.cli",
+            "train",
+            *options,
+        ],
         check=False,
         timeout=120,
     )

@@ -116,7 +116,7 @@ def test_lm_evaluation_harness_scores_the_export_as_evaluate_does(exported, tmp_
     """recipes/lm_eval/tinystories.yaml on local stories, through the real `lm_eval` command, against
     `gpt-launch evaluate --layout documents` on the same stories: bits per byte agree."""
     pytest.importorskip("lm_eval")
-    from launch.config import SMOKE_DATA
+    from launch.settings.config import SMOKE_DATA
     from tests.helpers import REPO
 
     stories = [json.loads(line)["text"].strip() for line in SMOKE_DATA.read_text().splitlines()]

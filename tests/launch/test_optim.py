@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from launch.config import TrainConfig
-from launch.optim import lr_at
+from launch.settings.config import TrainConfig
+from launch.training.optim import lr_at
 from tests.helpers import outcome, records, train_here
 
 

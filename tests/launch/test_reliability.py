@@ -15,7 +15,7 @@ import time
 import psutil
 import pytest
 
-from launch.config import SMOKE_DATA
+from launch.settings.config import SMOKE_DATA
 from tests.helpers import REFERENCE, REPO, child_env, invoke, launch_two, losses, outcome, run_cli, train_here
 from tests.helpers import train_args as tiny_train_args
 

@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from launch.config import TrainConfig
-from launch.fields import replace_paths
-from launch.resume import for_next_session, resume_changes
+from launch.settings.config import TrainConfig
+from launch.settings.fields import replace_paths
+from launch.training.resume import for_next_session, resume_changes
 from tests.helpers import invoke, train_here
 
 

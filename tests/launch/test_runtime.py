@@ -23,15 +23,17 @@ def test_a_signal_delivered_twice_at_once_is_one_request_and_a_later_one_stops_n
 
 
 def test_a_shipped_deepspeed_config_is_found_from_any_folder(tmp_path, monkeypatch):
-    """launch/deepspeed_zero*.yaml name their JSON relative to the repository root; from elsewhere
+    """launch/configs/deepspeed_zero*.yaml name their JSON relative to the repository root; from elsewhere
     (a user's own project folder) the JSON shipped in the package is used."""
     import launch
     from launch.runtime import find_shipped_deepspeed_config
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", "launch/ds_zero3.json")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", "launch/configs/ds_zero3.json")
     find_shipped_deepspeed_config()
-    assert os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"] == str(Path(launch.__file__).parent / "ds_zero3.json")
+    assert os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"] == str(
+        Path(launch.__file__).parent / "configs" / "ds_zero3.json"
+    )
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", "configs/mine.json")  # the user's own: left alone
     find_shipped_deepspeed_config()
     assert os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"] == "configs/mine.json"

@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from launch.share import SPEC_NAME, build_report, report_spec
-from launch.wandb_files import wandb_runs
+from launch.commands.share import SPEC_NAME, build_report, report_spec
+from launch.tracking.wandb_files import wandb_runs
 from tests.helpers import PYTHON, invoke, run_cli
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""launch/slurm/train.sbatch: its command line everywhere, and under a real Slurm where one answers.
+"""launch/configs/slurm/train.sbatch: its command line everywhere, and under a real Slurm where one answers.
 
 The second test needs a Slurm cluster on this host (slurmctld + slurmd, e.g. Debian's slurm-wlm with
 one node); it skips where `sinfo` is absent or no controller answers, as in CI.

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gpt_core import IGNORE_INDEX
-from launch.state import (
+from launch.training.state import (
     COMPLETED,
     Checkpointing,
     EarlyStopping,

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from launch.errors import UserError
-from launch.summary import RunSummary
+from launch.tracking.summary import RunSummary
 
 
 def test_a_finished_runs_summary_reads_back_typed(finished_run, tmp_path):

@@ -1,4 +1,4 @@
-from launch.tracking import scrub
+from launch.tracking.trackers import scrub
 
 
 def test_scrub_masks_secrets_but_keeps_counts(monkeypatch):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gpt_core import load_pretrained, load_tokenizer
-from launch.config import SMOKE_DATA, DataConfig
+from launch.settings.config import SMOKE_DATA, DataConfig
 from tests.helpers import REFERENCE, STORY_RUN, WANDB_SECRET, invoke, losses, outcome, records, run_cli, train_here
 
 
@@ -25,7 +25,7 @@ def test_recipe_smoke_run_end_to_end_with_wandb_offline(tmp_path):
             "accelerate",
             "launch",
             "--config_file",
-            "launch/cpu.yaml",
+            "launch/configs/cpu.yaml",
             "recipes/tinystories.py",
             "--smoke",
             "--tracker",
@@ -317,7 +317,7 @@ def test_profile_steps_write_a_trace_that_parses_and_print_the_top_operators(tmp
 # ---- one run, one tracker run ----------------------------------------------------------------------
 @pytest.mark.slow
 def test_a_run_paused_twice_is_one_wandb_run_with_each_step_once(tmp_path):
-    from launch.wandb_files import wandb_runs
+    from launch.tracking.wandb_files import wandb_runs
     from tests.helpers import tiny_run
 
     env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}

@@ -6,9 +6,9 @@ import json
 
 import pandas as pd
 
-from launch.config import DataConfig
 from launch.data.prepare import prepare_data
 from launch.data.tokenizer_training import split_texts
+from launch.settings.config import DataConfig
 from tests.helpers import make_stories, write_jsonl
 
 STORIES = make_stories(60)

@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from launch.config import SMOKE_DATA, DataConfig
 from launch.data.prepare import prepare_data
 from launch.errors import UserError
+from launch.settings.config import SMOKE_DATA, DataConfig
 from tests.helpers import PYTHON, make_stories, write_jsonl
 
 from .common import STORIES, all_text, prepared

@@ -95,7 +95,7 @@ def test_a_file_that_keeps_no_story_beside_a_good_one(tmp_path, cache_dir):
 # ---- the hub, from datasets' own offline cache --------------------------------------------------
 HUB_CODE = """
 import json, sys, time
-from launch.config import DataConfig
+from launch.settings.config import DataConfig
 from launch.data.prepare import prepare_data
 cfg = DataConfig(source="tests/tiny-stories", cache_dir=sys.argv[1], max_samples=None)
 start = time.perf_counter()

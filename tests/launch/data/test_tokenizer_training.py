@@ -6,8 +6,8 @@ import json
 import pytest
 
 from gpt_core import load_tokenizer
-from launch.config import DataConfig
 from launch.data.tokenizer_training import train_tokenizer
+from launch.settings.config import DataConfig
 from tests.helpers import invoke, make_stories, write_jsonl
 
 from .common import prepared, story_texts

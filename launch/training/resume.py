@@ -1,0 +1,176 @@
+"""Where a session of a run starts: the settings (a run remembers its own), the checkpoint it
+continues from, whether those settings still allow an exact continuation, and a folder that already
+holds a run, which only --resume or an explicit --overwrite may use."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from launch.checkpoints.folders import checkpoints_dir, run_dir_of, step_checkpoints
+from launch.checkpoints.restoring import check_resumable, read_trainer_state, resolve_resume
+from launch.errors import UserError, check_writable, write_failure
+from launch.settings.config import RUN_CONFIG_NAME, TrainConfig, saved_run_config, smoke_config
+from launch.settings.fields import flag_of, get_path, leaf_fields, replace_paths
+from launch.tracking.summary import SUMMARY_NAME
+from launch.tracking.trackers import METRICS_NAME, TRACKER_NAME
+
+# What a run writes into its folder: what makes a folder "hold a run", and what --overwrite deletes.
+RUN_ARTEFACTS = (
+    RUN_CONFIG_NAME,
+    METRICS_NAME,
+    SUMMARY_NAME,
+    "checkpoints",
+    "curves.png",
+    "report.html",
+    "report.md",
+    "wandb",
+    "wandb_report.json",
+    TRACKER_NAME,
+)
+
+
+def session_config(defaults: TrainConfig, given: dict, smoke: bool = False) -> TrainConfig:
+    """The run's settings: on --resume, those the run was started with; else the recipe's (or the
+    smoke run's). Then the flags given on the command line (`given`, by dotted name), and only those."""
+    base = smoke_config(defaults) if smoke else defaults
+    if given.get("resume"):
+        run_dir = (
+            Path(given.get("output_dir", base.output_dir))
+            if given["resume"] == "auto"
+            else run_dir_of(Path(given["resume"]))
+        )
+        saved = saved_run_config(run_dir)
+        if saved is None and not given.get("allow_changes") and step_checkpoints(run_dir):
+            raise UserError(
+                f"{run_dir / RUN_CONFIG_NAME} is missing, so this run's settings (data, model, batch, schedule) are "
+                "unknown; put it back, or resume with every flag the run was started with plus --allow-changes"
+            )
+        base = for_next_session(saved, defaults) if saved else base
+    return replace_paths(base, given)
+
+
+@dataclass(frozen=True)
+class StartingPoint:
+    checkpoint: Path | None  # None: from scratch
+    finished: str | None = None  # why the run already ended, when it has
+    end_only: bool = False  # finished, but its end (test, samples, summary) was cut short: redo only that
+
+
+def starting_point(cfg: TrainConfig, log=print) -> StartingPoint:
+    """The checkpoint this session continues from (--resume), after checking the settings against
+    the run's saved ones; logs (on every process) when --resume auto finds nothing yet, or finds the
+    run complete. Everything here is checked before any data work."""
+    run_dir = Path(cfg.output_dir)
+    if not cfg.resume:
+        _claim_folder(run_dir, cfg)
+        return StartingPoint(None)
+    resume_from = resolve_resume(cfg.resume, run_dir)
+    if resume_from is None:
+        log(f"resume: no checkpoint under {checkpoints_dir(run_dir)} yet, starting from scratch")
+        return StartingPoint(None)
+    check_resumable(resume_from)
+    finished = read_trainer_state(resume_from).get("finished")
+    if finished and (run_dir_of(resume_from) / SUMMARY_NAME).is_file():
+        log(
+            f"resume: the run in {cfg.output_dir} is complete ({finished}, {resume_from.name}); nothing to do. "
+            "Its results are in summary.json; to train again, use a new --output-dir"
+        )
+        return StartingPoint(resume_from, finished)
+    check_resume(cfg, resume_from, log)
+    if finished:
+        log(
+            f"resume: the run finished ({finished}) but was stopped before its summary was written: "
+            f"testing checkpoints/best again, with the samples, curves and summary.json"
+        )
+    return StartingPoint(resume_from, finished, end_only=bool(finished))
+
+
+def check_run_dir(run_dir: Path, create: bool = False) -> None:
+    """Fail early, in one line, when the run folder cannot be made or written (a path under a file, a
+    read-only folder or checkpoints/); it is created only once the data and model are ready, so a
+    failed start leaves no empty folder."""
+    check_writable(run_dir, "--output-dir")
+    checkpoints = checkpoints_dir(run_dir)
+    if checkpoints.is_dir() and (failure := write_failure(checkpoints)):
+        raise UserError(
+            f"cannot write in {checkpoints} ({failure.strerror}); make it writable, or choose another --output-dir"
+        )
+    if create:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(
+                f"cannot create the run folder {run_dir} ({e.strerror}); choose another --output-dir"
+            ) from None
+
+
+def holds_run(run_dir: Path) -> bool:
+    return run_dir.is_dir() and any((run_dir / name).exists() for name in RUN_ARTEFACTS)
+
+
+def _claim_folder(run_dir: Path, cfg: TrainConfig) -> None:
+    """A new run never mixes with an old one: refused in a folder that holds a run, unless told to
+    --overwrite it (then the first process deletes the old run's files, and nothing else there)."""
+    if not holds_run(run_dir):
+        return
+    if not cfg.overwrite:
+        raise UserError(
+            f"{run_dir} already holds a run; continue it with --resume auto --output-dir {run_dir}, start a "
+            "new one with another --output-dir, or add --overwrite to delete it and start again"
+        )
+    if os.environ.get("RANK", "0") == "0":
+        for name in (*RUN_ARTEFACTS, cfg.project):  # the TensorBoard logs go in a folder named after the project
+            path = run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+
+
+def check_resume(cfg: TrainConfig, resume_from: Path, log=print) -> None:
+    """Compare the settings with those the run was started with: refuse what breaks exact
+    continuation (unless --allow-changes), warn about what changes the run from here on."""
+    saved = saved_run_config(run_dir_of(resume_from))
+    if saved is None:
+        return
+    changes = resume_changes(saved, cfg)
+    if changes["fixed"] and not cfg.allow_changes:
+        raise UserError(
+            f"--resume with changed settings the run cannot continue exactly with ({'; '.join(changes['fixed'])}); "
+            "drop those flags, add --allow-changes to accept them, or start a new --output-dir"
+        )
+    for change in changes["fixed"] + changes["warn"]:
+        log(f"resume: warning: {change}; the run continues with the new value")
+
+
+def for_next_session(saved: TrainConfig, defaults: TrainConfig) -> TrainConfig:
+    """A run's saved settings, with the ones that belong to a single session back at their defaults."""
+    return replace_paths(
+        saved,
+        {
+            dotted: get_path(defaults, dotted)
+            for dotted, f, _ in leaf_fields(TrainConfig)
+            if f.metadata["on_resume"] == "session"
+        },
+    )
+
+
+def _same_tokenizer(before, after) -> bool:
+    """Two data settings name the same tokenizer (its content, wherever the file is)."""
+    try:
+        return before.load_tokenizer().fingerprint == after.load_tokenizer().fingerprint
+    except ValueError:  # the saved file is gone: not known to be the same
+        return False
+
+
+def resume_changes(saved: TrainConfig, now: TrainConfig) -> dict[str, list[str]]:
+    """What differs between a run's saved settings and these, grouped by resume policy."""
+    grouped: dict[str, list[str]] = {"fixed": [], "warn": [], "free": [], "session": []}
+    for dotted, f, _ in leaf_fields(TrainConfig):
+        before, after = get_path(saved, dotted), get_path(now, dotted)
+        if before != after and not (dotted == "data.tokenizer" and _same_tokenizer(saved.data, now.data)):
+            grouped[f.metadata["on_resume"]].append(f"{flag_of(f)} {before!r} -> {after!r}")
+    return grouped
