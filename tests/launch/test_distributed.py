@@ -250,7 +250,7 @@ def test_fsdp2_shards_the_tied_model_and_resumes_exactly_on_two_cpu_processes(tm
             "torch.distributed.run",
             "--nproc_per_node",
             "2",
-            "tests/launch/configs/fsdp2_probe.py",
+            "tests/launch/fsdp2_probe.py",
             tmp_path,
         ]
     )

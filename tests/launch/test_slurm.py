@@ -14,7 +14,7 @@ import pytest
 
 from tests.helpers import REPO, child_env, launch_two, losses, run_cli, tiny_run_options
 
-SCRIPT = REPO / "launch" / "slurm" / "train.sbatch"
+SCRIPT = REPO / "launch" / "configs" / "slurm" / "train.sbatch"
 
 
 @pytest.mark.slow

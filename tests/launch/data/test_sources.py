@@ -155,7 +155,7 @@ def test_hub_source_offline_from_the_datasets_cache_and_cheap_cache_key(tmp_path
 @pytest.mark.slow
 def test_unreachable_hub_fails_at_once_with_the_fix(tmp_path):
     code = (
-        "from launch.config import DataConfig\n"
+        "from launch.settings.config import DataConfig\n"
         "from launch.data.prepare import prepare_data\n"
         f"prepare_data(DataConfig(source='roneneldan/TinyStories', cache_dir={str(tmp_path)!r}))\n"
     )
