@@ -25,6 +25,7 @@ from pathlib import Path
 import tiktoken
 
 from .errors import first_line
+from .files import write_atomically
 
 EOT = "<|endoftext|>"
 EOT_ID = 50256
@@ -214,10 +215,20 @@ class TrainedTokenizer(Tokenizer):
     def save(self, folder: Path) -> Path:
         """Copy this tokenizer into `folder` (a checkpoint, a run, an export): whole, or not at all."""
         target = Path(folder) / TOKENIZER_NAME
-        partial = target.with_name(f".{TOKENIZER_NAME}.partial")
-        partial.write_text(self.encoding.to_str(pretty=True), encoding="utf-8")
-        os.replace(partial, target)
-        return target
+        return write_atomically(target, self.encoding.to_str(pretty=True))
+
+
+def byte_level_bpe(model):
+    """A `tokenizers` tokenizer around a BPE `model`, set up as GPT-2's: byte-level pre-tokenization
+    (no prefix space), decoding and offsets. GPT-2's own files and a BPE trained on stories both use it."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, pre_tokenizers, processors
+
+    backend = Backend(model)
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    return backend
 
 
 @lru_cache(maxsize=1)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from gpt_core.files import write_json
 from launch.errors import UserError
 from launch.settings.command_errors import Command, Group, user_errors_exit
 from launch.settings.commands import BenchSettings, EvaluateSettings, GenerateSettings, InfoSettings
@@ -234,7 +235,7 @@ def bench(**settings):
     result = run_bench(s, default_implementations(s.baselines, s.activation_checkpointing), progress=progress)
     click.echo(json.dumps(result) if quiet else format_table(result))
     if s.json_out and not quiet:
-        Path(s.json_out).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(s.json_out, result)
 
 
 def main() -> None:

@@ -18,15 +18,6 @@ class UserError(Exception):
     """A problem in the user's input or environment; the message names it and the fix."""
 
 
-# gpt_core.errors.first_line is the same for gpt_core: this module cannot import it, since importing
-# gpt_core imports torch, which the data workers never do.
-def first_line(error: BaseException, limit: int = 200) -> str:
-    """What a one-line message quotes of an exception: its first line of text, cut to `limit`
-    characters, or its type's name when it has no text."""
-    text = str(error).strip()
-    return text.splitlines()[0][:limit] if text else type(error).__name__
-
-
 def is_disk_full(error: BaseException) -> bool:
     return getattr(error, "errno", None) in DISK_FULL_ERRNOS
 

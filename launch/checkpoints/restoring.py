@@ -10,8 +10,9 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from gpt_core import GPT, CheckpointError, GPTConfig, Tokenizer
+from gpt_core.errors import first_line
 from gpt_core.weights import CONFIG_NAME, WEIGHTS_NAME
-from launch.errors import UserError, first_line
+from launch.errors import UserError
 
 from .folders import STATE_NAME, step_checkpoints
 from .weights import check_tokenizer

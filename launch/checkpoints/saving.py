@@ -16,14 +16,15 @@ with pickle: weights are safetensors, our state is JSON, and Accelerate loads it
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 from typing import NamedTuple
 
 from gpt_core import GPTConfig, Tokenizer, save_state_dict
-from launch.errors import UserError, first_line, is_disk_full
+from gpt_core.errors import first_line
+from gpt_core.files import write_json
+from launch.errors import UserError, is_disk_full
 from launch.runtime import fault_point
 
 from .folders import STATE_NAME, checkpoints_dir, step_checkpoints
@@ -67,10 +68,6 @@ def _fsync_tree(folder: Path) -> None:
         if path.is_file():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 # safetensors and torch.save report a failed write as their own error types, with the OS text inside.
@@ -118,7 +115,7 @@ def save_checkpoint(accelerator, model, spec: ModelSpec, run_dir: Path, trainer_
         if accelerator.is_main_process:
             save_state_dict(state_dict, spec.config, tmp, spec.tokenizer)
             fault_point("kill-while-saving")
-            _write_json(tmp / STATE_NAME, trainer_state)
+            write_json(tmp / STATE_NAME, trainer_state, sort_keys=True)
             _fsync_tree(tmp)
     except Exception as e:
         if not _is_write_failure(e):
@@ -149,7 +146,7 @@ def save_best(accelerator, model, spec: ModelSpec, run_dir: Path, trainer_state:
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         save_state_dict(state_dict, spec.config, tmp, spec.tokenizer)
-        _write_json(tmp / STATE_NAME, trainer_state)
+        write_json(tmp / STATE_NAME, trainer_state, sort_keys=True)
         _fsync_tree(tmp)
     except Exception as e:
         if not _is_write_failure(e):

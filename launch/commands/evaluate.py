@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from gpt_core import load_pretrained
+from gpt_core.files import write_json
 from launch.checkpoints.folders import resolve_weights, run_dir_of
 from launch.checkpoints.restoring import read_trainer_state
 from launch.checkpoints.weights import weights_tokenizer
@@ -56,7 +54,7 @@ def evaluate_checkpoint(checkpoint: str | None, s: EvaluateSettings, given: dict
     if accelerator.is_main_process:
         print(f"{s.split}: {metrics_text(metrics)}, {accelerator.num_processes} process(es)")
         if s.json_out:
-            Path(s.json_out).write_text(json.dumps(result, indent=2) + "\n")
+            write_json(s.json_out, result)
     # Tear the process group down on every rank together: a rank that exits while another still
     # writes can abort in gloo's teardown ("terminate called without an active exception").
     accelerator.wait_for_everyone()

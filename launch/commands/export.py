@@ -22,8 +22,9 @@ import shutil
 from pathlib import Path
 
 from gpt_core import Tokenizer, load_pretrained, save_hf
+from gpt_core.files import write_json
 from gpt_core.hf import ARCHITECTURES
-from gpt_core.tokenizer import EOT, GPT2_VOCAB_SIZE, gpt2_files
+from gpt_core.tokenizer import EOT, GPT2_VOCAB_SIZE, byte_level_bpe, gpt2_files
 from launch.checkpoints.folders import find_best
 from launch.checkpoints.weights import weights_tokenizer
 from launch.errors import UserError, check_writable
@@ -86,14 +87,10 @@ def write_tokenizer(folder: Path, context: int, tokenizer: Tokenizer) -> None:
     if tokenizer.save(folder) is not None:  # a trained tokenizer
         tokenizer.encoding.model.save(str(folder))  # its vocab.json and merges.txt
     else:
-        from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
-        from tokenizers import Tokenizer as Backend
+        from tokenizers import AddedToken, models
 
         encoder_json, vocab_bpe = gpt2_files()
-        gpt2 = Backend(models.BPE.from_file(str(encoder_json), str(vocab_bpe)))
-        gpt2.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        gpt2.decoder = decoders.ByteLevel()
-        gpt2.post_processor = processors.ByteLevel(trim_offsets=False)
+        gpt2 = byte_level_bpe(models.BPE.from_file(str(encoder_json), str(vocab_bpe)))
         gpt2.add_special_tokens([AddedToken(EOT, special=True)])
         gpt2.save(str(folder / "tokenizer.json"))
         shutil.copyfile(encoder_json, folder / "vocab.json")
@@ -106,7 +103,7 @@ def write_tokenizer(folder: Path, context: int, tokenizer: Tokenizer) -> None:
         "model_max_length": context,
         "add_prefix_space": False,
     }
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    write_json(folder / "tokenizer_config.json", config)
 
 
 def _card_metadata(summary: RunSummary, name: str, license: str) -> dict:

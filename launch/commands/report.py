@@ -7,6 +7,7 @@ import html
 import json
 from pathlib import Path
 
+from gpt_core.files import write_atomically
 from launch.errors import UserError
 from launch.tracking.curves import plot_curves
 from launch.tracking.summary import RunSummary
@@ -20,7 +21,7 @@ def markdown_table(rows: list[tuple[str, str]]) -> list[str]:
 def write_report(run_dir: Path, fmt: str, output: str | None = None) -> Path:
     """`gpt-launch report`: RUN/report.md|html, or `output`."""
     out = Path(output) if output else Path(run_dir) / f"report.{fmt}"
-    out.write_text(render_report(Path(run_dir), fmt))
+    write_atomically(out, render_report(Path(run_dir), fmt))
     return out
 
 

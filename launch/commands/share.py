@@ -18,7 +18,9 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from launch.errors import UserError, first_line
+from gpt_core.errors import first_line
+from gpt_core.files import write_json
+from launch.errors import UserError
 from launch.tracking.summary import RunSummary
 from launch.tracking.wandb_files import wandb_runs
 
@@ -114,11 +116,7 @@ def build_report(spec: dict, entity: str):
 
 
 def write_spec(run_dir: Path, spec: dict) -> Path:
-    path = Path(run_dir) / SPEC_NAME
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(spec, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(Path(run_dir) / SPEC_NAME, spec)
 
 
 def offline_reason() -> str | None:

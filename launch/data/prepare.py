@@ -38,8 +38,8 @@ import numpy as np
 
 from gpt_core import Tokenizer
 from launch.errors import UserError, check_writable, is_disk_full
+from launch.progress import REPORT_EVERY_S
 from launch.settings.config import DataConfig
-from launch.training.progress import REPORT_EVERY_S
 
 from .sources import Source
 from .splits import SPLITS, TokenSplit, load_split, split_plan, write_split

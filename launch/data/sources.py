@@ -23,7 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from launch.errors import UserError, first_line
+from gpt_core.errors import first_line
+from launch.errors import UserError
 
 HUB_HOST = "huggingface.co"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # "name" or "owner/name"; anything else is a path

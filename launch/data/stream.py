@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from launch.training.progress import REPORT_EVERY_S
+from launch.progress import REPORT_EVERY_S
 
 from .sources import Source
 from .tokenize import WorkerTokenizer, drop_reasons, tokenized_chunks

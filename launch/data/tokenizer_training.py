@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from gpt_core import Tokenizer, get_tokenizer
-from gpt_core.tokenizer import EOT, TOKENIZER_NAME, TrainedTokenizer
+from gpt_core.tokenizer import EOT, TOKENIZER_NAME, TrainedTokenizer, byte_level_bpe
 from launch.errors import UserError, check_writable
 from launch.settings.config import DataConfig
 
@@ -51,7 +51,7 @@ def train_tokenizer(
 ) -> Path:
     """Train on the train split of `cfg`'s stories; write OUTPUT/tokenizer.json (atomically) and
     report tokens per validation story against GPT-2 BPE's."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import models, pre_tokenizers, trainers
 
     target = Path(output) / TOKENIZER_NAME
     if vocab_size < 257:
@@ -68,10 +68,7 @@ def train_tokenizer(
     train = splits["train"]
     log(f"tokenizer: training a {vocab_size:,}-token byte-level BPE on the {train.num_stories:,} train stories")
     start = time.perf_counter()
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    backend = byte_level_bpe(models.BPE())
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=[EOT],

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from gpt_core import GPTConfig, get_preset
+from gpt_core.files import write_json
 from gpt_core.tokenizer import GPT2_VOCAB_SIZE, TOKENIZER_NAME, TokenizerError, load_tokenizer
 from launch.checkpoints.weights import init_weights_config, init_weights_tokenizer
 from launch.errors import UserError, is_disk_full
@@ -328,12 +329,9 @@ class TrainConfig:
     def save(self, run_dir: Path) -> None:
         """Write RUN/train_config.json atomically: whole, or (a full disk) not at all and one line."""
         path = Path(run_dir) / RUN_CONFIG_NAME
-        tmp = path.with_suffix(".json.tmp")
         try:
-            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-            os.replace(tmp, path)
+            write_json(path, self.to_dict())
         except OSError as e:
-            tmp.unlink(missing_ok=True)
             why = "no space left: the disk, quota or file-size limit is full" if is_disk_full(e) else e.strerror
             raise UserError(f"could not write {path} ({why}); free space under {run_dir} and start again") from None
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gpt_core.files import write_json
 from launch.errors import UserError
 
 SUMMARY_NAME = "summary.json"
@@ -37,10 +37,7 @@ class RunSummary:
         """Write RUN/summary.json atomically (a temporary file renamed into place)."""
         path, data = Path(run_dir) / SUMMARY_NAME, dataclasses.asdict(self)
         data.update(data.pop("extra"))
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
-        return path
+        return write_json(path, data)
 
     @classmethod
     def load(cls, run_dir: Path) -> RunSummary:

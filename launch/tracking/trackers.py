@@ -12,6 +12,7 @@ import os
 import re
 from pathlib import Path
 
+from gpt_core.files import write_atomically
 from launch.errors import UserError
 
 # "hf_token" or "auth_token" is a secret; "tokens" and "max_tokens" are counts.
@@ -103,9 +104,7 @@ class RunLog:
                     f"metrics: dropped {len(records) - len(kept)} record(s) logged after the "
                     f"{'checkpoint' if kept else 'start'} by the interrupted attempt"
                 )
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            os.replace(tmp, self.path)
+            write_atomically(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         if tracker != "none":
             init_kwargs = {"tensorboard": {"purge_step": 0 if resumed_step is None else resumed_step + 1}}
             if tracker == "wandb":

@@ -20,8 +20,7 @@ import math
 import torch
 
 from gpt_core import IGNORE_INDEX, Tokenizer
-
-from .progress import progress
+from launch.progress import progress
 
 
 @functools.lru_cache(maxsize=4)

@@ -29,6 +29,7 @@ from launch.checkpoints.weights import load_initial_weights
 from launch.data.batching import make_loaders
 from launch.data.prepare import prepare_data
 from launch.errors import UserError
+from launch.progress import progress
 from launch.runtime import StopSignal, TrainingInterrupted, any_process, collective_errors, make_accelerator, rank_print
 from launch.settings.config import TrainConfig, default_batch_size
 from launch.tracking.trackers import RunLog
@@ -37,7 +38,6 @@ from .autobatch import check_auto_batch, resolve_auto_batch
 from .evaluation import evaluate, metrics_text, perplexity
 from .optim import build_optimizer, lr_at, unused_schedule_settings
 from .profiling import StepProfiler
-from .progress import progress
 from .resume import check_run_dir, starting_point
 from .run import Run
 from .state import (

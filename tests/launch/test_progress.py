@@ -1,7 +1,7 @@
 """launch/progress.py: progress as plain lines when the output is not a terminal."""
 
-from launch.training import progress as progress_module
-from launch.training.progress import ProgressLines, progress
+from launch import progress as progress_module
+from launch.progress import ProgressLines, progress
 
 
 def test_off_a_terminal_progress_is_plain_lines_at_intervals_and_at_the_end(capsys, monkeypatch):
