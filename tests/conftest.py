@@ -1,4 +1,11 @@
-"""Runs the suite shares. Each is trained once per session; tests that change one work on a copy."""
+"""Runs the suite shares. Each is trained once per session (per worker); tests that change one work
+on a copy. The suite runs in one worker per core (pytest-xdist, `-n auto` in setup.cfg), each with
+one thread, it and the processes it starts: so the cores do not take turns."""
+
+import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # before torch is imported, here and in every child process
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import shutil
 
@@ -6,6 +13,12 @@ import pytest
 
 from launch.settings.config import SMOKE_DATA
 from tests.helpers import REFERENCE, SHARED_TINYSTORIES, STORY_RUN, WANDB_SECRET, invoke, tiny_run, train_here
+
+
+def pytest_xdist_auto_num_workers(config):
+    """One worker per core this process may use, at most four: past that, the runs each worker
+    trains for itself cost more than the parallelism gives back."""
+    return max(1, min(4, len(os.sched_getaffinity(0))))
 
 
 @pytest.fixture
