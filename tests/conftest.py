@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 from launch.settings.config import SMOKE_DATA
-from tests.helpers import REFERENCE, SHARED_TINYSTORIES, STORY_RUN, WANDB_SECRET, invoke, tiny_run, train_here
+from tests.helpers import REFERENCE, SHARED_TINYSTORIES, STORY_RUN, WANDB_SECRET, invoke, outcome, tiny_run, train_here
 
 
 def pytest_xdist_auto_num_workers(config):
@@ -96,3 +96,10 @@ def story_run(story_tokenizer, tmp_path_factory):
     train_here(out, "--tokenizer", story_tokenizer, *STORY_RUN, "--stop-after-steps", "4")
     train_here(out, *STORY_RUN, "--resume", "auto")
     return out
+
+
+@pytest.fixture(scope="session")
+def straight(reference_run):
+    """Everything the uninterrupted run logged: losses, learning rates, gradient norms, tokens,
+    evaluations and the test result (outcome)."""
+    return outcome(reference_run)

@@ -38,8 +38,9 @@ from .autobatch import check_auto_batch, resolve_auto_batch
 from .evaluation import evaluate, metrics_text, perplexity
 from .optim import build_optimizer, lr_at, unused_schedule_settings
 from .profiling import StepProfiler
-from .resume import check_run_dir, starting_point
+from .resume import starting_point
 from .run import Run
+from .run_folder import check_run_dir
 from .state import (
     COMPLETED,
     Checkpointing,

@@ -1,35 +1,19 @@
 """Where a session of a run starts: the settings (a run remembers its own), the checkpoint it
-continues from, whether those settings still allow an exact continuation, and a folder that already
-holds a run, which only --resume or an explicit --overwrite may use."""
+continues from, and whether those settings still allow an exact continuation."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from launch.checkpoints.folders import checkpoints_dir, run_dir_of, step_checkpoints
 from launch.checkpoints.restoring import check_resumable, read_trainer_state, resolve_resume
-from launch.errors import UserError, check_writable, write_failure
+from launch.errors import UserError
 from launch.settings.config import RUN_CONFIG_NAME, TrainConfig, saved_run_config, smoke_config
 from launch.settings.fields import flag_of, get_path, leaf_fields, replace_paths
 from launch.tracking.summary import SUMMARY_NAME
-from launch.tracking.trackers import METRICS_NAME, TRACKER_NAME
 
-# What a run writes into its folder: what makes a folder "hold a run", and what --overwrite deletes.
-RUN_ARTEFACTS = (
-    RUN_CONFIG_NAME,
-    METRICS_NAME,
-    SUMMARY_NAME,
-    "checkpoints",
-    "curves.png",
-    "report.html",
-    "report.md",
-    "wandb",
-    "wandb_report.json",
-    TRACKER_NAME,
-)
+from .run_folder import claim_folder
 
 
 def session_config(defaults: TrainConfig, given: dict, smoke: bool = False) -> TrainConfig:
@@ -65,7 +49,7 @@ def starting_point(cfg: TrainConfig, log=print) -> StartingPoint:
     run complete. Everything here is checked before any data work."""
     run_dir = Path(cfg.output_dir)
     if not cfg.resume:
-        _claim_folder(run_dir, cfg)
+        claim_folder(run_dir, cfg)
         return StartingPoint(None)
     resume_from = resolve_resume(cfg.resume, run_dir)
     if resume_from is None:
@@ -86,48 +70,6 @@ def starting_point(cfg: TrainConfig, log=print) -> StartingPoint:
             f"testing checkpoints/best again, with the samples, curves and summary.json"
         )
     return StartingPoint(resume_from, finished, end_only=bool(finished))
-
-
-def check_run_dir(run_dir: Path, create: bool = False) -> None:
-    """Fail early, in one line, when the run folder cannot be made or written (a path under a file, a
-    read-only folder or checkpoints/); it is created only once the data and model are ready, so a
-    failed start leaves no empty folder."""
-    check_writable(run_dir, "--output-dir")
-    checkpoints = checkpoints_dir(run_dir)
-    if checkpoints.is_dir() and (failure := write_failure(checkpoints)):
-        raise UserError(
-            f"cannot write in {checkpoints} ({failure.strerror}); make it writable, or choose another --output-dir"
-        )
-    if create:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(
-                f"cannot create the run folder {run_dir} ({e.strerror}); choose another --output-dir"
-            ) from None
-
-
-def holds_run(run_dir: Path) -> bool:
-    return run_dir.is_dir() and any((run_dir / name).exists() for name in RUN_ARTEFACTS)
-
-
-def _claim_folder(run_dir: Path, cfg: TrainConfig) -> None:
-    """A new run never mixes with an old one: refused in a folder that holds a run, unless told to
-    --overwrite it (then the first process deletes the old run's files, and nothing else there)."""
-    if not holds_run(run_dir):
-        return
-    if not cfg.overwrite:
-        raise UserError(
-            f"{run_dir} already holds a run; continue it with --resume auto --output-dir {run_dir}, start a "
-            "new one with another --output-dir, or add --overwrite to delete it and start again"
-        )
-    if os.environ.get("RANK", "0") == "0":
-        for name in (*RUN_ARTEFACTS, cfg.project):  # the TensorBoard logs go in a folder named after the project
-            path = run_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
 
 
 def check_resume(cfg: TrainConfig, resume_from: Path, log=print) -> None:

@@ -7,8 +7,8 @@
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 #   export PYTHONPATH=/tmp/site:$PWD                 # the project itself runs from the checkout, over the image's torch
 #   python3 -m pytest tests/gpu -p no:cacheprovider  # the GPU paths, each test on the CPU and on CUDA (-m gpu: CUDA only)
-#   python3 -m launch.cli bench --device cuda --precision bf16 --data ../shared/data/tinystories
-#   python3 -m launch.cli bench --device cuda --precision fp16 --batch-size 4
+#   python3 -m launch.cli bench --device cuda --mixed-precision bf16 --data ../shared/data/tinystories
+#   python3 -m launch.cli bench --device cuda --mixed-precision fp16 --batch-size 4
 #
 # The image's torch is never replaced: nothing here is torch or depends on a torch pin.
 # DeepSpeed is published as a source archive: its wheel is built here (pure Python; its CUDA ops

@@ -12,7 +12,7 @@ import torch
 from gpt_core import get_preset, load_pretrained
 from tests.gpu.conftest import device_env, same_run
 from tests.helpers import deepspeed_run, outcome, records, run_cli
-from tests.launch.test_optim import expected_lr
+from tests.launch.training.test_optim import expected_lr
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from gpt_core import GPT, load_pretrained
 from launch.runtime import supports_precision
 from tests.gpu.conftest import close, device_env, same_run
 from tests.helpers import invoke, outcome, records, train_here
-from tests.launch.test_optim import expected_lr
+from tests.launch.training.test_optim import expected_lr
 
 pytestmark = pytest.mark.slow  # each trains for seconds
 

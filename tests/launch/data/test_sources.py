@@ -8,7 +8,17 @@ import pytest
 from launch.data import sources
 from launch.data.sources import Source
 from launch.errors import UserError
-from tests.helpers import REPO, write_jsonl
+from tests.faults import (
+    one_error_line,
+    train,
+    train_args,
+)
+from tests.helpers import (
+    REPO,
+    invoke,
+    run_cli,
+    write_jsonl,
+)
 
 from .common import STORIES, all_text, prepared, write_format
 
@@ -201,3 +211,46 @@ def test_undecodable_bytes(tmp_path, cache_dir, name):
     )
     with pytest.raises(UserError, match="not UTF-8"):
         prepared(path, cache_dir)
+
+
+def test_empty_and_unparseable_data(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    one_error_line(train(tmp_path / "r1", "--data", str(tmp_path / "empty.jsonl"), check=False), "is empty")
+    (tmp_path / "bad.jsonl").write_text('{"text": "A good story about a dog."}\n{"text": oops}\n')
+    one_error_line(
+        train(tmp_path / "r2", "--data", str(tmp_path / "bad.jsonl"), check=False), "bad.jsonl:2: not valid JSON"
+    )
+
+
+@pytest.mark.slow
+def test_unreachable_hub_with_no_local_data(tmp_path):
+    # a process of its own: huggingface_hub reads HF_HUB_OFFLINE when it is first imported
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    proc = run_cli(train_args(tmp_path / "run", "--data", "roneneldan/TinyStories"), env=env, check=False)
+    one_error_line(proc, "cannot reach the Hugging Face hub")
+
+
+@pytest.mark.parametrize("command", ["train", "prepare", "evaluate"])
+def test_a_cut_or_fake_gzip_file_is_one_line(tmp_path, command, finished_run):
+    from tests.helpers import make_stories, write_jsonl
+
+    whole = write_jsonl(tmp_path / "whole.jsonl.gz", make_stories(3000), gz=True).read_bytes()
+    (tmp_path / "half.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "plain.jsonl.gz").write_text('{"text": "A story that was never compressed."}\n')
+    before = {
+        "train": ["train", *train_args(tmp_path / "run")[4:]],
+        "prepare": ["prepare"],
+        "evaluate": ["evaluate", finished_run],
+    }[command]
+    for name in ("half.jsonl.gz", "plain.jsonl.gz"):
+        result = invoke(*before, "--data", tmp_path / name, "--data-cache", tmp_path / "cache")
+        one_error_line(result, f"{tmp_path / name} is not a complete gzip file")
+    assert not (tmp_path / "run").exists()
+
+
+def test_stories_that_are_not_text_name_the_reason_they_were_dropped(tmp_path):
+    values = [None, 7, ["a", "list"], {"a": "dict"}] * 100
+    (tmp_path / "odd.jsonl").write_text("".join(json.dumps({"text": v}) + "\n" for v in values))
+    result = train(tmp_path / "run", "--data", tmp_path / "odd.jsonl", check=False)
+    one_error_line(result, "400 stories read, 400 dropped: 400 not a string (e.g. null or a number)")
+    assert "--text-field" in result.stderr

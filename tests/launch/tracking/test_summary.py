@@ -1,4 +1,4 @@
-"""launch/summary.py: the typed run summary that report, share and export read."""
+"""launch/tracking/summary.py: the typed run summary that report, share and export read."""
 
 import json
 

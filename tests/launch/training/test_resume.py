@@ -1,15 +1,23 @@
-"""launch/resume.py: where a session starts. A run remembers its settings, a folder holds one run,
+"""launch/training/resume.py: where a session starts. A run remembers its settings, a folder holds one run,
 and what resuming may change is grouped by what it breaks."""
 
 import json
 import shutil
+import subprocess
 
 import pytest
 
 from launch.settings.config import TrainConfig
 from launch.settings.fields import replace_paths
 from launch.training.resume import for_next_session, resume_changes
-from tests.helpers import invoke, train_here
+from tests.faults import (
+    one_error_line,
+    start,
+    train,
+    train_args,
+    wait_for_step,
+)
+from tests.helpers import REFERENCE, invoke, outcome, train_here
 
 
 def test_resume_changes_are_grouped_by_what_they_break():
@@ -24,30 +32,6 @@ def test_resume_changes_are_grouped_by_what_they_break():
     # a session's pause limits are not carried into the next session
     nxt = for_next_session(saved, TrainConfig())
     assert nxt.stop_after_steps is None and nxt.max_minutes is None and nxt.lr == saved.lr
-
-
-def one_error_line(result, words):
-    errors = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert result.exit_code == 2 and len(errors) == 1 and words in errors[0], result.stderr[-2000:]
-
-
-def test_a_new_run_in_a_folder_that_holds_one_is_refused_unless_overwritten(finished_run, tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(finished_run, run)
-    before = (run / "metrics.jsonl").read_text()
-    refused = train_here(run, "--max-steps", "2", check=False)
-    one_error_line(refused, f"{run} already holds a run; continue it with --resume auto --output-dir {run}")
-    assert "--overwrite" in refused.stderr and (run / "metrics.jsonl").read_text() == before
-    (run / "notes.txt").write_text("mine")  # not the run's: --overwrite leaves it
-    for logs in (run / "wandb" / "offline-run-1", run / "gpt-launch"):  # W&B's files, TensorBoard's (its project)
-        logs.mkdir(parents=True)
-        (logs / "events").write_text("an old run's")
-    train_here(run, "--max-steps", "2", "--overwrite")
-    assert not (run / "wandb").exists() and not (run / "gpt-launch").exists()  # the old run's logs are gone
-    assert [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [2, 2, 2]
-    assert json.loads((run / "summary.json").read_text())["steps"] == 2
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", "step-0000002"]
-    assert (run / "notes.txt").read_text() == "mine"
 
 
 def test_resume_from_a_folder_that_is_not_a_checkpoint_says_so_before_any_data_work(tmp_path, monkeypatch):
@@ -89,21 +73,6 @@ def test_a_settings_file_that_is_not_an_object_or_is_missing_is_one_line(paused_
     assert "--allow-changes" in line and "hub" not in line
 
 
-def test_a_read_only_run_folder_is_one_line_that_does_not_blame_the_disk(paused_run, tmp_path):
-    import subprocess
-
-    run = tmp_path / "run"
-    shutil.copytree(paused_run, run)
-    checkpoints = run / "checkpoints"
-    if subprocess.run(["chattr", "+i", str(checkpoints)], capture_output=True).returncode != 0:
-        pytest.skip("chattr +i is not available here")
-    try:
-        line = one_line(resume(run), f"cannot write in {checkpoints}")
-    finally:
-        subprocess.run(["chattr", "-i", str(checkpoints)], check=True)
-    assert "make it writable" in line and "free space" not in line
-
-
 @pytest.mark.slow  # trains for seconds
 def test_values_that_do_nothing_get_a_note_at_the_start(tmp_path):
     result = train_here(
@@ -118,3 +87,28 @@ def test_values_that_do_nothing_get_a_note_at_the_start(tmp_path):
     )
     assert all(i < first_step + 3 for i in notes), "said at the start"
     assert not (tmp_path / "run" / "profile").exists()
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_then_resume_auto(tmp_path, straight):
+    out = tmp_path / "run"
+    proc = start(train_args(out, *REFERENCE))
+    wait_for_step(out, 7, proc)
+    proc.kill()
+    proc.wait()
+    train(out, *REFERENCE, "--resume", "auto")
+    assert outcome(out) == straight  # bit for bit after the resume, every step once
+
+
+def test_a_read_only_run_folder_is_one_line_that_does_not_blame_the_disk(paused_run, tmp_path):
+
+    run = tmp_path / "run"
+    shutil.copytree(paused_run, run)
+    checkpoints = run / "checkpoints"
+    if subprocess.run(["chattr", "+i", str(checkpoints)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    try:
+        line = one_line(resume(run), f"cannot write in {checkpoints}")
+    finally:
+        subprocess.run(["chattr", "-i", str(checkpoints)], check=True)
+    assert "make it writable" in line and "free space" not in line

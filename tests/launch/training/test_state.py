@@ -1,4 +1,4 @@
-"""launch/state.py: the loop's state objects, and the components that say when they act."""
+"""launch/training/state.py: the loop's state objects, and the components that say when they act."""
 
 import json
 import time

@@ -10,7 +10,22 @@ import pytest
 
 from gpt_core import load_pretrained, load_tokenizer
 from launch.settings.config import SMOKE_DATA, DataConfig
-from tests.helpers import REFERENCE, STORY_RUN, WANDB_SECRET, invoke, losses, outcome, records, run_cli, train_here
+from tests.faults import (
+    one_error_line,
+    train,
+)
+from tests.helpers import (
+    REFERENCE,
+    REPO,
+    STORY_RUN,
+    WANDB_SECRET,
+    invoke,
+    losses,
+    outcome,
+    records,
+    run_cli,
+    train_here,
+)
 
 
 # ---- the loop, run for real ---------------------------------------------------------------------
@@ -271,7 +286,7 @@ def test_init_from_another_architecture_is_one_line_naming_what_differs(tmp_path
 def test_the_fine_tuning_recipe_continues_a_run_on_other_stories(tmp_path, finished_run):
     import importlib.util
 
-    from tests.helpers import REPO, make_stories, write_jsonl
+    from tests.helpers import make_stories, write_jsonl
 
     spec = importlib.util.spec_from_file_location("finetune", REPO / "recipes" / "finetune.py")
     recipe = importlib.util.module_from_spec(spec)
@@ -415,3 +430,23 @@ def test_resume_with_another_tokenizer_of_the_same_size_is_refused_naming_both(t
         f"the 512-token BPE in {other / 'tokenizer.json'}" in errors[0]
         and "was trained with the 512-token" in errors[0]
     )
+
+
+def test_nan_loss_stops_the_run_within_one_log_interval(tmp_path):
+    out = tmp_path / "run"
+    result = train(out, "--lr", "1e30", "--max-steps", "40", "--warmup-steps", "1", "--save-every", "1", check=False)
+    one_error_line(result, "the training loss became")
+    assert "--resume auto" in result.stderr and "lower --lr" in result.stderr
+    bad_step = int(result.stderr.split("by step ")[1].split(";")[0])
+    logged = losses(out)
+    assert max(logged) < bad_step and all(v == v and abs(v) != float("inf") for v in logged.values())
+    saved = [int(p.name[5:]) for p in (out / "checkpoints").glob("step-*")]
+    assert saved and max(saved) < bad_step  # nothing diverged was saved
+
+
+@pytest.mark.slow
+def test_same_seed_same_losses_bit_for_bit(tmp_path, straight):
+    train(tmp_path / "again", *REFERENCE)
+    assert outcome(tmp_path / "again") == straight
+    train(tmp_path / "other", *REFERENCE, "--seed", "7")
+    assert outcome(tmp_path / "other") != straight

@@ -1,4 +1,4 @@
-"""launch/optim.py: the learning-rate schedules, against their formulas, through a resume."""
+"""launch/training/optim.py: the learning-rate schedules, against their formulas, through a resume."""
 
 import math
 
