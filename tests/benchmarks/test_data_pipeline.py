@@ -31,12 +31,12 @@ def test_corpus_stories_are_new_mixes_of_real_sentences_of_real_length(shared_ti
 def test_run_compares_the_streaming_cache_with_the_in_memory_pipeline_from_git(shared_tinystories, tmp_path):
     if not (REPO / ".git").exists():
         pytest.skip("the in-memory reference is read from git history")
-    bench_data.write_corpus(tmp_path / "corpus", 3000, shared_tinystories)
+    bench_data.write_corpus(tmp_path / "corpus", 1000, shared_tinystories)
     result = bench_data.run(
         tmp_path / "corpus", workers=2, commit="a377509", skip_hf=True, scratch=tmp_path, serve_seconds=0.2
     )
     prepare = result["prepare"]
-    assert prepare["streaming"]["tokens"] == prepare["in-memory"]["tokens"] > 500_000  # the same tokens either way
+    assert prepare["streaming"]["tokens"] == prepare["in-memory"]["tokens"] > 150_000  # the same tokens either way
     assert prepare["streaming"]["peak_pss_mb"] > 0 and prepare["in-memory"]["disk_mb"] > 0
     assert 0 < result["cached_launch_s"] < prepare["streaming"]["wall_s"]
     assert set(result["serving"]) == {4, 64}
