@@ -1,4 +1,5 @@
-"""`gpt-launch`: the table of commands. Each command's options are here; its body lives in its module.
+"""`gpt-launch`: the table of commands. Each command's flags are generated from its settings
+(launch/settings/); its body lives in its own module (launch/commands/, training/, data/, bench/).
 
 User mistakes print one line (`error: ...`) and exit 2; bugs keep their traceback.
 """
@@ -231,8 +232,8 @@ def bench(**settings):
 
     s = BenchSettings(**settings)
     quiet = s.json_out == "-"
-    progress = lambda m: click.echo(m, err=True)
-    result = run_bench(s, default_implementations(s.baselines, s.activation_checkpointing), progress=progress)
+    implementations = default_implementations(s.baselines, s.activation_checkpointing)
+    result = run_bench(s, implementations, progress=lambda message: click.echo(message, err=True))
     click.echo(json.dumps(result) if quiet else format_table(result))
     if s.json_out and not quiet:
         write_json(s.json_out, result)

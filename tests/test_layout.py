@@ -78,3 +78,14 @@ def test_launch_imports_only_downward_and_its_top_stays_small():
         for imported in _imports(path):
             there, their_level = _layer(imported)
             assert there == home or their_level < level, f"{module} ({home}) imports {imported} ({there}) from above"
+
+
+def test_no_two_launch_modules_import_each_other():
+    modules = {
+        ".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in (REPO / "launch").rglob("*.py")
+    }
+    imports = {m: _imports(p) for m, p in modules.items()}
+    for module, imported in imports.items():
+        for other in imported & set(imports):
+            assert module not in imports[other], f"{module} and {other} import each other"

@@ -1,9 +1,10 @@
 """The references `gpt-launch bench` measures ours against, with nothing but the installed packages:
 
 (b) `HF_GPT2`: transformers' GPT2LMHeadModel of the same size, trained with a plain AdamW step
-    (measured when transformers is installed);
-(c) `full_logits_rows`: evaluation as it was before the chunked head: the whole (batch x context x
-    vocab) logits, a cross-entropy over them and an argmax, per row.
+    (measured when transformers is installed).
+
+(c), evaluation as it was before the chunked head (the whole logits), is measure.py's
+`full_logits_rows`, beside the evaluation it is measured against.
 
 (a), the paper's recipe as its authors wrote it, is a repository benchmark: benchmarks/paper_recipe.py.
 """
@@ -11,9 +12,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from gpt_core import IGNORE_INDEX, GPTConfig
+from gpt_core import GPTConfig
 
 from .measure import GRAD_CLIP, Implementation, plain_adamw
 
@@ -58,12 +58,3 @@ HF_GPT2 = Implementation(
     hf_step,
     useful=lambda y: y.shape[0] * (y.shape[1] - 1),  # GPT-2 predicts T-1 of its T inputs
 )
-
-
-def full_logits_rows(model, x, y):
-    """Per row (loss sum, correct, tokens) from the full logits: the evaluation the chunked head replaced."""
-    logits = model(x)[0].float()
-    mask = y != IGNORE_INDEX
-    token_loss = F.cross_entropy(logits.transpose(1, 2), y, ignore_index=IGNORE_INDEX, reduction="none")
-    correct = (logits.argmax(dim=-1) == y) & mask
-    return torch.stack([token_loss.sum(1), correct.sum(1).float(), mask.sum(1).float()], dim=1).double()

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from gpt_core import EOT_ID, GPT, IGNORE_INDEX, GPTConfig, generate, get_preset, get_tokenizer
 from launch.settings.config import SMOKE_DATA, DataConfig, TrainConfig, default_batch_size
@@ -240,11 +241,18 @@ EVALUATIONS = {
 }
 
 
+def full_logits_rows(model, x, y):
+    """Per row (loss sum, correct, tokens) from the full logits: the evaluation the chunked head replaced."""
+    logits = model(x)[0].float()
+    mask = y != IGNORE_INDEX
+    token_loss = F.cross_entropy(logits.transpose(1, 2), y, ignore_index=IGNORE_INDEX, reduction="none")
+    correct = (logits.argmax(dim=-1) == y) & mask
+    return torch.stack([token_loss.sum(1), correct.sum(1).float(), mask.sum(1).float()], dim=1).double()
+
+
 @torch.no_grad()
 def eval_worker(spec: dict) -> dict:
     """Time `steps` evaluation micro-batches of real stories, as `evaluate` runs them."""
-    from .baselines import full_logits_rows
-
     torch.manual_seed(0)
     device, config = torch.device(spec["device"]), _model_config(spec)
     precision = Precision(device.type, DTYPES[spec["precision"]], None)

@@ -3,7 +3,6 @@ to one token stream on disk, reporting progress as it goes."""
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections import Counter
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpt_core.files import write_json
 from launch.progress import REPORT_EVERY_S
 
 from .sources import Source
@@ -121,7 +121,7 @@ class Progress:
             self._last = time.monotonic()
             if self._tqdm is None:
                 self.log(f"data: tokenizing, {self.describe()}")
-            self.path.write_text(json.dumps({"progress": self.describe()}))
+            write_json(self.path, {"progress": self.describe()}, indent=None)  # read by the processes waiting
 
     def close(self) -> None:
         if self._tqdm is not None:
