@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import shutil
 
 import pytest
 import torch
@@ -56,12 +57,15 @@ def test_truncated_weights_are_a_clear_error(paused_run, tmp_path):
     one_error_line(invoke("generate", copy, "--max-tokens", "3"), "is corrupt")
 
 
-def test_corrupt_training_state_is_a_clear_error(paused_run, tmp_path):
-    import shutil
-
+def copy_with_last_step(paused_run, tmp_path):
+    """A copy of the paused run to damage, and its last step checkpoint."""
     run = tmp_path / "run"
     shutil.copytree(paused_run, run)
-    step = sorted((run / "checkpoints").glob("step-*"))[-1]
+    return run, sorted((run / "checkpoints").glob("step-*"))[-1]
+
+
+def test_corrupt_training_state_is_a_clear_error(paused_run, tmp_path):
+    run, step = copy_with_last_step(paused_run, tmp_path)
     (step / "state" / "optimizer.bin").write_bytes(b"\x00garbage" * 10)
     one_error_line(train(run, "--resume", "auto", check=False), "could not be loaded")
 
@@ -72,11 +76,7 @@ class Payload:
 
 
 def test_a_malicious_pickle_in_a_checkpoint_is_refused(paused_run, tmp_path, monkeypatch):
-    import shutil
-
-    run = tmp_path / "run"
-    shutil.copytree(paused_run, run)
-    step = sorted((run / "checkpoints").glob("step-*"))[-1]
+    run, step = copy_with_last_step(paused_run, tmp_path)
     for name in ("optimizer.bin", "random_states_0.pkl"):
         (step / "state" / name).write_bytes(pickle.dumps({"state": Payload()}))
     monkeypatch.chdir(tmp_path)  # where `touch PWNED` would land
@@ -85,10 +85,6 @@ def test_a_malicious_pickle_in_a_checkpoint_is_refused(paused_run, tmp_path, mon
 
 
 def test_a_corrupt_rng_state_is_a_clear_error_not_a_silent_inexact_resume(paused_run, tmp_path):
-    import shutil
-
-    run = tmp_path / "run"
-    shutil.copytree(paused_run, run)
-    step = sorted((run / "checkpoints").glob("step-*"))[-1]
+    run, step = copy_with_last_step(paused_run, tmp_path)
     (step / "state" / "random_states_0.pkl").write_bytes(b"\x00not a torch file" * 10)
     one_error_line(train(run, "--resume", "auto", check=False), "could not be loaded")
