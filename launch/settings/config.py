@@ -242,7 +242,11 @@ class TrainConfig:
         None,
         "Precision: no (fp32), or fp16/bf16 autocast [default: the Accelerate config's, as launched; fp32 on CPU].",
     )
-    compile: bool = setting(False, "torch.compile the model (faster on GPU after a warm-up).", on_resume="free")
+    compile: bool = setting(
+        False,
+        "torch.compile the training step (faster on GPU after a warm-up); validation runs eagerly.",
+        on_resume="free",
+    )
     profile_steps: int | None = setting(
         None,
         "Write a torch.profiler trace of N optimizer steps (after 2 warm-up steps) to RUN/profile/ and print "

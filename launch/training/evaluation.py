@@ -56,7 +56,11 @@ def evaluate(
     lengths = byte_lengths(tokenizer, accelerator.device)
     total = len(dataloader) if max_batches is None else min(max_batches, len(dataloader))
     shown = desc is not None and accelerator.is_local_main_process
-    with progress(total, desc or "", "batch", enabled=shown, leave=False) as bar:
+    # Under --compile, evaluation runs eagerly: compiling it would cost two graphs more than the
+    # training step's (no-grad, then again for the last, smaller batch), paid before the first
+    # validation, for batches that are a small share of a run's time.
+    eager = torch.compiler.set_stance("force_eager")
+    with eager, progress(total, desc or "", "batch", enabled=shown, leave=False) as bar:
         for x, y in itertools.islice(dataloader, max_batches):
             with accelerator.autocast():
                 _, rows = model(x, y, measure=True)  # (batch, 3): loss sum, correct, tokens per row
