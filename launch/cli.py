@@ -16,7 +16,15 @@ import click
 from gpt_core.files import write_json
 from launch.errors import UserError
 from launch.settings.command_errors import Command, Group, user_errors_exit
-from launch.settings.commands import BenchSettings, EvaluateSettings, GenerateSettings, InfoSettings
+from launch.settings.commands import (
+    BenchSettings,
+    EvaluateSettings,
+    ExportSettings,
+    GenerateSettings,
+    InfoSettings,
+    ReportSettings,
+    ShareSettings,
+)
 from launch.settings.config import TrainConfig
 from launch.settings.fields import replace_paths
 from launch.settings.options import config_options, given_options
@@ -159,65 +167,44 @@ def info(checkpoint, **settings):
 
 @cli.command(context_settings={"show_default": True})
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["md", "html"]),
-    default="html",
-    help="Markdown (links curves.png) or one self-contained HTML file.",
-)
-@click.option(
-    "--output",
-    "-o",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Where to write [default: RUN_DIR/report.md|html].",
-)
+@config_options(ReportSettings())
 @user_errors_exit
-def report(run_dir, fmt, output):
+def report(run_dir, **settings):
     """Turn RUN_DIR into a report: config, curves, final metrics, sample stories, hardware, throughput."""
     from launch.commands.report import write_report
 
-    click.echo(f"report: {write_report(Path(run_dir), fmt, output)}")
+    s = ReportSettings(**settings)
+    click.echo(f"report: {write_report(Path(run_dir), s.format, s.output)}")
 
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option(
-    "--entity", default=None, help="W&B entity (user or team) to publish under [default: the run's, else yours]."
-)
+@config_options(ShareSettings())
 @user_errors_exit
-def share(run_dir, entity):
+def share(run_dir, **settings):
     """Publish RUN_DIR as a W&B Report: summary, loss/perplexity/accuracy/lr/throughput plots of the keys the run
     logged, the samples table, the curves image, hardware and config. Offline, it saves the report's
     specification as RUN_DIR/wandb_report.json and says what to run (`wandb sync ...`, then share again)."""
     from launch.commands.share import share as publish
 
-    click.echo(f"share: {publish(Path(run_dir), entity, log=click.echo)}")
+    click.echo(f"share: {publish(Path(run_dir), ShareSettings(**settings).entity, log=click.echo)}")
 
 
-@cli.command()
+@cli.command(context_settings={"show_default": True})
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.argument("out")
-@click.option(
-    "--license",
-    "license_",
-    default="mit",
-    show_default=True,
-    help="Licence of the weights for the model card (the data's CDLA-Sharing-1.0 is stated either way).",
-)
-@click.option("--push", "repo", default=None, help="Also upload OUT to this Hugging Face Hub repo (user/name).")
-@click.option("--private", is_flag=True, help="With --push: create the repo private.")
+@config_options(ExportSettings())
 @user_errors_exit
-def export(run_dir, out, license_, repo, private):
+def export(run_dir, out, **settings):
     """Write RUN_DIR's best weights to OUT as a model folder: model.safetensors, config.json, the tokenizer's
     name and a Hugging Face model card (README.md) with the run's test metrics and samples."""
     from launch.commands.export import export_model, push_to_hub
 
-    folder = export_model(Path(run_dir), Path(out), license_)
+    s = ExportSettings(**settings)
+    folder = export_model(Path(run_dir), Path(out), s.license)
     click.echo(f"export: {folder} (load it with gpt_core.load_pretrained)")
-    if repo:
-        click.echo(f"export: uploaded to {push_to_hub(folder, repo, private)}")
+    if s.push:
+        click.echo(f"export: uploaded to {push_to_hub(folder, s.push, s.private)}")
 
 
 @cli.command(context_settings={"show_default": True})

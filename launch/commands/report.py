@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from gpt_core.files import write_atomically
-from launch.errors import UserError
+from launch.errors import UserError, check_writable
 from launch.tracking.curves import plot_curves
 from launch.tracking.summary import RunSummary
 from launch.tracking.trackers import read_metrics
@@ -21,6 +21,8 @@ def markdown_table(rows: list[tuple[str, str]]) -> list[str]:
 def write_report(run_dir: Path, fmt: str, output: str | None = None) -> Path:
     """`gpt-launch report`: RUN/report.md|html, or `output`."""
     out = Path(output) if output else Path(run_dir) / f"report.{fmt}"
+    if output is not None:
+        check_writable(output, "--output", "file")
     write_atomically(out, render_report(Path(run_dir), fmt))
     return out
 

@@ -165,3 +165,29 @@ class BenchSettings:
     def precision(self) -> str:
         """fp32, bf16 or fp16: the name the figures are reported under."""
         return {"no": "fp32"}.get(self.mixed_precision, self.mixed_precision)
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """`gpt-launch report`: which format, and where."""
+
+    format: Literal["md", "html"] = setting("html", "Markdown (links curves.png) or one self-contained HTML file.")
+    output: str | None = setting(None, "Where to write [default: RUN_DIR/report.md|html].", short="-o")
+
+
+@dataclass(frozen=True)
+class ShareSettings:
+    """`gpt-launch share`: under whose name the W&B report is published."""
+
+    entity: str | None = setting(None, "W&B entity (user or team) to publish under [default: the run's, else yours].")
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """`gpt-launch export`: the model card's licence, and an upload to the Hub."""
+
+    license: str = setting(
+        "mit", "Licence of the weights for the model card (the data's CDLA-Sharing-1.0 is stated either way)."
+    )
+    push: str | None = setting(None, "Also upload OUT to this Hugging Face Hub repo (user/name).")
+    private: bool = setting(False, "With --push: create the repo private.")

@@ -57,6 +57,7 @@ BAD_COMMANDS = [  # (args, with RUN, FILE and TMP to fill in; words of the error
     (["evaluate", "RUN", "--max-batches", "0"], "--max-batches must be >= 1, got 0"),
     (["evaluate", "RUN", "--split", "heldout"], "Invalid value for '--split': 'heldout' is not one of"),
     (["share", "FILE"], "Invalid value for 'RUN_DIR'"),
+    (["report", "RUN", "--output", "TMP"], "is a folder; give a file path"),
     (["generate", "RUN", "--seed", "99999999999999999999999"], "--seed must be <= 4,294,967,295"),
     (["generate", "RUN", "--seed", "-1"], "--seed must be >= 0, got -1"),
     (["generate", "TMP/none", "--top-p", "1.5"], "--top-p must be in (0, 1]"),  # before looking for weights

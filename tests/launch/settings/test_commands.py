@@ -10,14 +10,18 @@ from launch.settings.commands import (
     DEFAULT_NOTE,
     BenchSettings,
     EvaluateSettings,
+    ExportSettings,
     GenerateSettings,
     InfoSettings,
+    ReportSettings,
+    ShareSettings,
 )
 from launch.settings.config import TrainConfig
 from launch.settings.fields import flag_of, leaf_fields
 from tests.helpers import invoke
 
 COMMANDS = {"generate": GenerateSettings, "evaluate": EvaluateSettings, "info": InfoSettings, "bench": BenchSettings}
+EVERY_COMMAND = {**COMMANDS, "report": ReportSettings, "share": ShareSettings, "export": ExportSettings}
 TRAIN = {dotted: (f, annotation) for dotted, f, annotation in leaf_fields(TrainConfig)}
 
 
@@ -45,12 +49,12 @@ def test_a_shared_setting_is_trains_definition(command):
     assert shared >= 2  # each of these commands shares at least the batch size or the device's precision
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", EVERY_COMMAND)
 def test_every_option_of_the_command_is_a_field_of_its_settings(command):
     from launch.cli import cli
 
     params = {p.name for p in cli.commands[command].params if p.param_type_name == "option"} - {"help"}
-    fields = {f.name for f in dataclasses.fields(COMMANDS[command])}
+    fields = {f.name for f in dataclasses.fields(EVERY_COMMAND[command])}
     trains = {dotted.replace(".", "__") for dotted in TRAIN}
     assert fields <= params and params <= fields | trains, params ^ fields
 
