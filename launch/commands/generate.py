@@ -1,5 +1,5 @@
-"""Stories from a trained model: the samples at a run's end, and `gpt-launch generate`, which
-streams them token by token."""
+"""`gpt-launch generate`: stories from a trained model, streamed token by token (a run's own samples
+at its end are training/finish.py's)."""
 
 from __future__ import annotations
 
