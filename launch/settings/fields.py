@@ -1,6 +1,7 @@
 """The machinery of a setting: a dataclass field that carries its CLI flag, help text, resume
 policy and bounds, checked in one place, and the walk over nested settings that the CLI's options
-and the resume checks both use. The settings themselves are in config.py."""
+and the resume checks both use. The settings themselves are in config.py (train's) and commands.py
+(the other commands')."""
 
 from __future__ import annotations
 
@@ -63,14 +64,6 @@ def check_fields(config) -> None:
         value = getattr(config, f.name)
         if value is not None and not dataclasses.is_dataclass(value):
             _check(f, hints[f.name], value, flag_of(f))
-
-
-def check_setting(cls, name: str, value, flag: str | None = None) -> None:
-    """Another command's option that means the same as setting `name` of `cls` obeys the same rule,
-    and says so in the same words (`flag`: the option as that command spells it)."""
-    f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    if value is not None:
-        _check(f, typing.get_type_hints(cls)[name], value, flag or flag_of(f))
 
 
 def _check(f: dataclasses.Field, annotation, value, flag: str) -> None:
