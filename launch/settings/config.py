@@ -1,7 +1,7 @@
 """Every setting of a run, defined once: a typed field with its default, help text and flag.
 
 The defaults *are* the paper's recipe (one home for its numbers); `recipes/tinystories.py` only
-names the run. The CLI builds its options from these fields (`launch.cli`), so a new field gets a
+names the run. The CLI builds its options from these fields (options.py), so a new field gets a
 flag without a second definition; `Literal[...]` types give both the choices and the validation,
 and every error message names the flag a user would type.
 
