@@ -7,7 +7,7 @@
 6 layers, 8 heads, d_model 512, FFN 2048, context 256, dropout 0.1, post-LN; the first 270,000
 stories split 70/20/10; AdamW lr 2e-4, betas (0.9, 0.95), weight decay 0.01, 500 warmup steps then
 cosine; batch 4 per GPU (2 per CPU process) x 8 accumulation; up to 10 epochs, early stopping after
-3 evaluations without improvement. These are TrainConfig's defaults (launch/config.py, their one
+3 evaluations without improvement. These are TrainConfig's defaults (launch/settings/config.py, their one
 home); every one can be changed on the command line (see --help).
 """
 
