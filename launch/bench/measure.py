@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt_core import EOT_ID, GPT, IGNORE_INDEX, GPTConfig, generate, get_preset, get_tokenizer
+from launch.runtime import synchronize
 from launch.settings.config import SMOKE_DATA, DataConfig, TrainConfig, default_batch_size
 from launch.training.optim import build_optimizer
 
@@ -127,30 +128,6 @@ def default_implementations(compare: bool = True, recomputing: bool = False) -> 
 # ---------------------------------------------------------------------------------------------
 # Measurements, each in a process of its own
 # ---------------------------------------------------------------------------------------------
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def measure_matmul_peak(device: torch.device, dtype: torch.dtype, sizes=None, repeats: int = 5) -> float:
-    """FLOP/s of the fastest of `repeats` square matmuls at each size: the best this device really
-    reaches. Taking the best makes MFU conservative (a slow moment lowers MFU, never raises it)."""
-    # A CPU reaches its peak by 2048 (4096 measured the same here, in 8x the time); a GPU needs more work.
-    sizes = sizes or ((4096, 8192) if device.type == "cuda" else (1024, 2048))
-    best = 0.0
-    for size in sizes:
-        a = torch.randn(size, size, device=device, dtype=dtype)
-        b = torch.randn(size, size, device=device, dtype=dtype)
-        a @ b  # warm-up
-        _sync(device)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            a @ b
-            _sync(device)
-            best = max(best, 2 * size**3 / (time.perf_counter() - start))
-    return best
-
-
 def _rows(padded: bool, data: dict, context: int, batch: int, count: int, device):
     """`count` micro-batches of real stories: packed windows, or one padded story per row."""
     import numpy as np
@@ -206,14 +183,14 @@ def train_worker(spec: dict) -> dict:
     groups = [micro[i * accum : (i + 1) * accum] for i in range(spec["steps"] + warmup)]
     for group in groups[:warmup]:  # page faults, optimizer state, kernel selection, compile
         impl.step(model, optimizer, group, precision)
-    _sync(device)
+    synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     per_step, tokens = [], 0
     for group in groups[warmup:]:
         start = time.perf_counter()
         impl.step(model, optimizer, group, precision)
-        _sync(device)
+        synchronize(device)
         step_tokens = sum(impl.useful(y) for _, y in group)
         per_step.append(step_tokens / (time.perf_counter() - start))
         tokens += step_tokens
@@ -266,7 +243,7 @@ def eval_worker(spec: dict) -> dict:
 
     for x, y in micro[:warmup]:
         measure(x, y)
-    _sync(device)
+    synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     per_batch = []
@@ -349,10 +326,10 @@ def measure_generation(preset: str, device, tokens: int, use_cache: bool) -> flo
     model = GPT(get_preset(preset)).to(device).eval()
     prompt = get_tokenizer().encode("Once upon a time")
     generate(model, prompt, 4, greedy=True, eos_id=None, use_cache=use_cache)  # warm-up
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     out = generate(model, prompt, tokens, greedy=True, eos_id=None, use_cache=use_cache)
-    _sync(device)
+    synchronize(device)
     return len(out) / (time.perf_counter() - start)
 
 

@@ -8,7 +8,14 @@ import statistics
 import torch
 
 from gpt_core import get_preset
-from launch.runtime import device_name, resolve_device
+from launch.runtime import (
+    cpu_bf16_features,
+    cpu_bf16_speedup,
+    cpu_precision_advice,
+    device_name,
+    measure_matmul_peak,
+    resolve_device,
+)
 from launch.settings.commands import BenchSettings
 from launch.settings.config import SMOKE_DATA, default_batch_size
 
@@ -19,7 +26,6 @@ from .measure import (
     interleaved,
     measure_data_preparation,
     measure_generation,
-    measure_matmul_peak,
     resolve,
     story_files,
 )
@@ -51,6 +57,12 @@ def run_bench(settings: BenchSettings, implementations: dict[str, str] | None = 
         "flops_per_token": config.flops_per_token(),
         "compile": s.compile,
     }
+    if dev.type == "cpu":
+        result["cpu_bf16"] = {
+            "features": cpu_bf16_features(),
+            "matmul_speedup": cpu_bf16_speedup(),
+            "advice": cpu_precision_advice("bf16" if precision == "bf16" else "no"),
+        }
     spec = {
         "preset": s.preset,
         "batch_size": batch,
@@ -110,6 +122,15 @@ def format_table(r: dict) -> str:
         f"{'training':<10} {'useful tok/s':>13} {'MFU':>7} {'peak MB':>9} {'padding':>8} {'ours is':>9} "
         f"{'memory vs ours':>15}",
     ]
+    if "cpu_bf16" in r:
+        cpu = r["cpu_bf16"]
+        lines.insert(
+            2,
+            f"bf16 matrix hardware: {', '.join(cpu['features']) or 'none (no AMX, AVX-512 BF16)'}; "
+            f"bf16 matmul {cpu['matmul_speedup']:.2f}x fp32 (measured)",
+        )
+        if cpu["advice"]:
+            lines.insert(3, cpu["advice"])
     if r["compile"]:
         compiled = ", ".join(f"{kind} {row['graphs_compiled']}" for kind, row in r["training"].items())
         lines.insert(2, f"--compile: graphs torch.compile built per implementation: {compiled}")

@@ -8,7 +8,7 @@ import json
 from gpt_core import get_preset, load_pretrained
 from launch.bench.measure import measure_our_training
 from launch.checkpoints.folders import resolve_weights
-from launch.runtime import resolve_device
+from launch.runtime import cpu_bf16_features, cpu_bf16_speedup, cpu_precision_advice, resolve_device
 from launch.settings.commands import InfoSettings
 from launch.settings.config import default_batch_size
 
@@ -23,7 +23,7 @@ def describe(checkpoint: str | None, s: InfoSettings) -> list[str]:
     batch = s.batch_size or default_batch_size(dev.type)
     tokens_per_s = measure_our_training(config, dev, batch, steps=steps)
     flops = config.flops_per_token()
-    return [
+    lines = [
         f"source: {source}",
         json.dumps(config.to_dict(), indent=2),
         f"parameters: {config.num_params():,} (tied embedding {config.vocab_size * config.d_model:,})",
@@ -32,3 +32,8 @@ def describe(checkpoint: str | None, s: InfoSettings) -> list[str]:
         f"fp32, median of {steps} optimizer steps after 2 untimed)",
         f"estimated time per epoch of {epoch_tokens:,} tokens: {epoch_tokens / tokens_per_s / 3600:.2f} h",
     ]
+    if dev.type == "cpu":
+        features = ", ".join(cpu_bf16_features()) or "none (no AMX, AVX-512 BF16)"
+        lines.append(f"bf16 matrix hardware: {features}; bf16 matmul {cpu_bf16_speedup():.2f}x fp32 (measured)")
+        lines += [advice] if (advice := cpu_precision_advice("no")) else []
+    return lines

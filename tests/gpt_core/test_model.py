@@ -153,6 +153,28 @@ def test_fused_head_gradients_equal_the_plain_cross_entropy(chunk_rows):
         torch.testing.assert_close(fused_grads[name], p.grad, atol=1e-6, rtol=1e-4, msg=name)
 
 
+def test_fused_head_under_bf16_autocast_equals_autocasts_plain_path():
+    """What a bf16 run trains on: the fused head agrees with autocast's own linear + fp32
+    cross-entropy to bf16's rounding, and its loss comes back in fp32."""
+    torch.manual_seed(0)
+    model = GPT(get_preset("tiny").replace(dropout=0.0))
+    idx, targets = torch.randint(0, 50257, (3, 12)), torch.randint(0, 50257, (3, 12))
+    targets[2, 4:] = IGNORE_INDEX
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, fused = model(idx, targets)
+    fused.backward()
+    fused_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, _ = model(idx)
+    plain = F.cross_entropy(logits.view(-1, 50257).float(), targets.view(-1), ignore_index=IGNORE_INDEX)
+    plain.backward()
+    assert fused.dtype == torch.float32
+    torch.testing.assert_close(fused, plain, rtol=1e-3, atol=1e-3)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(fused_grads[name], p.grad, atol=1e-4, rtol=3e-2, msg=name)
+
+
 @pytest.mark.parametrize("measure_columns", [1000, 8192, 60000])
 def test_measured_rows_equal_the_full_logits(measure_columns):
     """The chunked evaluation head gives what the (B x T x vocab) logits give, row by row."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+import launch.runtime as runtime
 from launch.runtime import StopSignal
 from tests.faults import start, train, train_args, wait_for_step
 from tests.helpers import REFERENCE, launch_two, outcome
@@ -91,3 +92,53 @@ def test_a_second_ctrl_c_stops_at_once_and_the_next_start_cleans_up(tmp_path):
     # ours, and the save the second Ctrl-C may have cut short
     assert "unfinished temporary folder(s)" in again.stdout and ".tmp-step-0000009" in again.stdout
     assert not list((out / "checkpoints").glob(".tmp-*"))
+
+
+# ---- bf16 on a CPU ------------------------------------------------------------------------------------
+def test_precision_advice_follows_this_cpus_measured_bf16_factor():
+    """Measured once per process; fp32 is advised to try bf16 only where bf16 matrices are 2x faster,
+    bf16 is told it is slower only where they are slower."""
+    factor = runtime.cpu_bf16_speedup()
+    assert factor > 0 and runtime.cpu_bf16_speedup() == factor
+    assert (runtime.cpu_precision_advice("no") is not None) == (factor >= runtime.BF16_ADVICE_FACTOR)
+    assert (runtime.cpu_precision_advice("bf16") is not None) == (factor < 1.0)
+    assert runtime.cpu_precision_advice("fp16") is None  # a CPU refuses fp16 elsewhere, in one line
+
+
+@pytest.mark.parametrize(
+    ("features", "factor", "precision", "expected"),
+    [
+        (
+            ["AMX"],
+            6.7,
+            "no",
+            "this CPU (AMX) multiplies bf16 matrices 6.7x faster than fp32 (measured): it would "
+            "train faster with --mixed-precision bf16",
+        ),
+        ([], 0.2, "bf16", "this CPU (no AMX or AVX-512 BF16) multiplies bf16 matrices at 0.20x fp32's speed"),
+        (["AVX-512 BF16"], 1.5, "no", None),  # faster matrices, but not enough to speed up a step
+        (["AMX"], 6.7, "bf16", None),
+    ],
+)
+def test_precision_advice_says_the_factor_and_the_flag(monkeypatch, features, factor, precision, expected):
+    monkeypatch.setattr(runtime, "cpu_bf16_features", lambda: features)
+    monkeypatch.setattr(runtime, "cpu_bf16_speedup", lambda: factor)
+    advice = runtime.cpu_precision_advice(precision)
+    assert advice is None if expected is None else expected in advice and advice.startswith("note: ")
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate's state is one per process and refuses a second precision: cleared around the test."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_a_cpu_run_prints_the_advice_once_in_its_precision(capsys, fresh_accelerate_state):
+    accelerator = runtime.make_accelerator(cpu=True, mixed_precision="bf16")
+    assert accelerator.mixed_precision == "bf16"
+    advice = runtime.cpu_precision_advice("bf16")
+    assert capsys.readouterr().out.count("note: this CPU") == (advice is not None)

@@ -41,6 +41,9 @@ def test_bench_command_returns_well_formed_figures(tmp_path):
         gen["cache_speedup"], gen["cached_tokens_per_s"] / gen["uncached_tokens_per_s"]
     )
     assert figures["data_preparation"]["tokens"] > 0 and figures["data_preparation"]["tokens_per_s"] > 0
+    cpu = figures["cpu_bf16"]  # this CPU's bf16 hardware and what it is worth, measured
+    assert cpu["matmul_speedup"] > 0 and f"bf16 matmul {cpu['matmul_speedup']:.2f}x fp32 (measured)" in result.stdout
+    assert cpu["advice"] is None or cpu["advice"] in result.stdout
 
 
 def test_bench_json_to_stdout_is_one_object_and_compile_compiles():

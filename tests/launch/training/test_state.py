@@ -20,7 +20,7 @@ from launch.training.state import (
 )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test: another test may reset Accelerate's one state per process
 def accelerator():
     from launch.runtime import make_accelerator
 
