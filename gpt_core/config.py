@@ -40,7 +40,16 @@ class GPTConfig:
     # tanh approximation. These three let the `gpt2` preset compute exactly what GPT-2 does.
     positions: str = "sinusoidal"  # or "learned"
     embed_scale: bool = True  # multiply embeddings by sqrt(d_model)
-    activation: str = "gelu"  # or "gelu_tanh"
+    activation: str = "gelu"  # or "gelu_tanh"; "swiglu" (gated, SiLU) or "relu2" (ReLU squared)
+    # Today's small-LM choices (Llama: rope, rmsnorm, swiglu, fewer key/value heads, no biases, no
+    # embedding scale). Each defaults to the paper's.
+    normalization: str = "layernorm"  # or "rmsnorm": no mean subtraction, no bias
+    norm_eps: float = 1e-5
+    rope_base: float = 10000.0  # with positions="rope": the rotation of pair i turns at base^(-2i/head_dim)
+    n_kv_head: int | None = None  # key/value heads (grouped-query attention); None: one per query head
+    qk_norm: bool = False  # RMSNorm over each head's queries and keys, before the rotation
+    tie_embeddings: bool = True  # the output layer is the embedding matrix
+    bias: bool = True  # biases in the linear layers and the LayerNorms
 
     def __post_init__(self) -> None:
         problems = []
@@ -62,9 +71,20 @@ class GPTConfig:
             problems.append(f"norm must be 'post' or 'pre', got {self.norm!r}")
         if not self.init_std > 0:
             problems.append(f"init_std must be positive, got {self.init_std}")
-        for name, choices in (("positions", ("sinusoidal", "learned")), ("activation", ("gelu", "gelu_tanh"))):
+        for name, choices in (
+            ("positions", ("sinusoidal", "learned", "rope")),
+            ("activation", ("gelu", "gelu_tanh", "swiglu", "relu2")),
+            ("normalization", ("layernorm", "rmsnorm")),
+        ):
             if getattr(self, name) not in choices:
                 problems.append(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        if self.n_kv_head is not None and (
+            not isinstance(self.n_kv_head, int) or self.n_kv_head < 1 or self.n_head % self.n_kv_head
+        ):
+            problems.append(f"n_kv_head must divide n_head ({self.n_head}), got {self.n_kv_head!r}")
+        for name in ("norm_eps", "rope_base"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
         if problems:
             raise ConfigError("invalid model config: " + "; ".join(problems))
 
@@ -73,15 +93,31 @@ class GPTConfig:
     def head_dim(self) -> int:
         return self.d_model // self.n_head
 
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def gated(self) -> bool:
+        """Whether the feed-forward has a gate (SwiGLU): its input projection is then 2 x d_ff wide."""
+        return self.activation == "swiglu"
+
+    def _block_matrices(self) -> int:
+        """Weights of one block's matrix products: q, k, v, the attention output, the feed-forward."""
+        d, kv = self.d_model, self.kv_heads * self.head_dim
+        return d * (d + 2 * kv) + d * d + d * self.d_ff * (3 if self.gated else 2)
+
     def num_params(self) -> int:
-        """Trainable parameters, counting the tied embedding/output matrix once."""
-        d, f = self.d_model, self.d_ff
-        attention = 4 * (d * d + d)
-        ffn = d * f + f + f * d + d
-        norms = 2 * (2 * d)
-        final_norm = 2 * d if self.norm == "pre" else 0
+        """Trainable parameters, counting a tied embedding/output matrix once."""
+        d, kv, f = self.d_model, self.kv_heads * self.head_dim, self.d_ff
+        biases = (d + 2 * kv) + d + f * (2 if self.gated else 1) + d if self.bias else 0
+        norm = d * (2 if self.normalization == "layernorm" and self.bias else 1)
+        qk_norms = 2 * self.head_dim if self.qk_norm else 0
+        block = self._block_matrices() + biases + 2 * norm + qk_norms
+        final_norm = norm if self.norm == "pre" else 0
         positions = self.context_length * d if self.positions == "learned" else 0
-        return self.vocab_size * d + positions + self.n_layer * (attention + ffn + norms) + final_norm
+        head = 0 if self.tie_embeddings else self.vocab_size * d
+        return self.vocab_size * d + positions + self.n_layer * block + final_norm + head
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs per token (forward + backward = 3x forward), counting matmuls only.
@@ -91,7 +127,7 @@ class GPTConfig:
         """
         t = seq_len or self.context_length
         d = self.d_model
-        matmul_params = self.n_layer * (4 * d * d + 2 * d * self.d_ff) + self.vocab_size * d
+        matmul_params = self.n_layer * self._block_matrices() + self.vocab_size * d
         attention = self.n_layer * 2 * t * d  # QK^T and AV, causal half not discounted
         return 6 * matmul_params + 6 * attention
 
@@ -150,6 +186,24 @@ PRESETS: dict[str, GPTConfig] = {
         positions="learned",
         embed_scale=False,
         activation="gelu_tanh",
+    ),
+    # `small`'s budget as a Llama-style model (llama2.c's TinyStories models, torchtitan, litgpt):
+    # RoPE, RMSNorm, SwiGLU (2/3 of d_ff, so the feed-forward keeps its size), two key/value heads
+    # for four query heads, no biases, no embedding scale, no dropout. Exports to LlamaForCausalLM.
+    "llama-small": GPTConfig(
+        n_layer=4,
+        n_head=4,
+        n_kv_head=2,
+        d_model=128,
+        d_ff=344,
+        context_length=128,
+        dropout=0.0,
+        norm="pre",
+        positions="rope",
+        normalization="rmsnorm",
+        activation="swiglu",
+        embed_scale=False,
+        bias=False,
     ),
 }
 

@@ -4,6 +4,11 @@
               -> N x [causal self-attention, feed-forward], each wrapped in residual + LayerNorm
               -> output projection tied to the embedding -> logits (and cross-entropy, given targets)
 
+That is the paper's block. Each part has the alternative small models use today, a GPTConfig field
+away (the `llama-small` preset takes them all): rotary positions inside attention instead of added
+ones, RMSNorm, a SwiGLU or ReLU² feed-forward, fewer key/value heads than query heads, RMSNorm of
+queries and keys, no biases, an untied output layer.
+
 Plain PyTorch only: this package never imports accelerate, deepspeed, wandb or transformers.
 """
 
@@ -34,6 +39,28 @@ def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
     return table
 
 
+def rotary_tables(length: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (length, head_dim) of RoPE (Su et al.): position p turns the pair of features
+    (i, i + head_dim/2) by the angle p * base^(-2i/head_dim). The pairs are the two halves of a head,
+    as transformers' Llama pairs them, so weights travel to it unpermuted."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(length, dtype=torch.float64), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().float(), angles.sin().float()
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, H, T, hd) with each position's pairs turned by its angles (cos, sin: (T, hd))."""
+    first, second = x.chunk(2, dim=-1)
+    return x * cos.to(x.dtype) + torch.cat([-second, first], dim=-1) * sin.to(x.dtype)
+
+
+def make_norm(config: GPTConfig, dim: int) -> nn.Module:
+    if config.normalization == "rmsnorm":  # x / rms(x) * gain: LayerNorm without centring or bias
+        return nn.RMSNorm(dim, eps=config.norm_eps)
+    return nn.LayerNorm(dim, eps=config.norm_eps, bias=config.bias)
+
+
 class KVCache:
     """Keys and values of every layer for the positions seen so far, preallocated to the context.
 
@@ -41,7 +68,7 @@ class KVCache:
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, device, dtype):
-        shape = (config.n_layer, batch_size, config.n_head, config.context_length, config.head_dim)
+        shape = (config.n_layer, batch_size, config.kv_heads, config.context_length, config.head_dim)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0  # positions filled so far
@@ -58,16 +85,29 @@ class KVCache:
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer_index: int):
         super().__init__()
-        self.n_head, self.head_dim = config.n_head, config.head_dim
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
         self.layer_index = layer_index
         # One fused projection for q, k and v: one large matmul is faster than three small ones.
-        self.qkv = FastDecodeLinear(config.d_model, 3 * config.d_model)
-        self.proj = FastDecodeLinear(config.d_model, config.d_model)
+        # Its output is [q | k | v]; with grouped-query attention k and v have fewer heads than q.
+        kv_width = self.n_kv_head * self.head_dim
+        self.split = (config.d_model, kv_width, kv_width)
+        self.qkv = FastDecodeLinear(config.d_model, config.d_model + 2 * kv_width, bias=config.bias)
+        self.proj = FastDecodeLinear(config.d_model, config.d_model, bias=config.bias)
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else None
         self.attn_dropout = config.attention_dropout
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, rotary=None) -> torch.Tensor:
+        """x (B, T, C); `rotary`: the (cos, sin) of these T positions when positions are rotary."""
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(x).split(self.split, dim=-1)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rotary is not None:  # before caching: a cached key keeps the rotation of its own position
+            q, k = rotate(q, *rotary), rotate(k, *rotary)
         past = 0
         if cache is not None:
             past = cache.length
@@ -83,23 +123,40 @@ class CausalSelfAttention(nn.Module):
         else:
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
             causal = False
+        # With fewer key/value heads, each serves n_head / n_kv_head query heads (enable_gqa).
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.attn_dropout if self.training else 0.0
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=causal,
+            dropout_p=self.attn_dropout if self.training else 0.0,
+            enable_gqa=self.n_kv_head != self.n_head,
         )
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
 class FeedForward(nn.Module):
-    """Position-wise d_model -> d_ff -> d_model with GELU, applied to every position alike."""
+    """Position-wise d_model -> d_ff -> d_model, applied to every position alike: GELU (the paper),
+    ReLU² (relu(x)²), or SwiGLU: silu(gate) * up, with gate and up one fused 2 x d_ff projection."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.up = FastDecodeLinear(config.d_model, config.d_ff)
-        self.down = FastDecodeLinear(config.d_ff, config.d_model)
-        self.approximate = "tanh" if config.activation == "gelu_tanh" else "none"
+        self.activation = config.activation
+        width = 2 * config.d_ff if config.gated else config.d_ff
+        self.up = FastDecodeLinear(config.d_model, width, bias=config.bias)
+        self.down = FastDecodeLinear(config.d_ff, config.d_model, bias=config.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.gelu(self.up(x), approximate=self.approximate))
+        h = self.up(x)
+        if self.activation == "swiglu":
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        elif self.activation == "relu2":
+            h = F.relu(h).square()
+        else:
+            h = F.gelu(h, approximate="tanh" if self.activation == "gelu_tanh" else "none")
+        return self.down(h)
 
 
 class Block(nn.Module):
@@ -107,17 +164,17 @@ class Block(nn.Module):
         super().__init__()
         self.pre_norm = config.norm == "pre"
         self.attn = CausalSelfAttention(config, layer_index)
-        self.norm1 = nn.LayerNorm(config.d_model)
+        self.norm1 = make_norm(config, config.d_model)
         self.ffn = FeedForward(config)
-        self.norm2 = nn.LayerNorm(config.d_model)
+        self.norm2 = make_norm(config, config.d_model)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, rotary=None) -> torch.Tensor:
         if self.pre_norm:  # x + Sublayer(LN(x))
-            x = x + self.dropout(self.attn(self.norm1(x), cache))
+            x = x + self.dropout(self.attn(self.norm1(x), cache, rotary))
             return x + self.dropout(self.ffn(self.norm2(x)))
         # post-LN, the paper's placement: LN(x + Sublayer(x))
-        x = self.norm1(x + self.dropout(self.attn(x, cache)))
+        x = self.norm1(x + self.dropout(self.attn(x, cache, rotary)))
         return self.norm2(x + self.dropout(self.ffn(x)))
 
 
@@ -128,15 +185,20 @@ class GPT(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         if config.positions == "learned":  # GPT-2's table, a parameter like any other
             self.pos_embed = nn.Embedding(config.context_length, config.d_model)
-        else:
+        elif config.positions == "sinusoidal":
             table = sinusoidal_positions(config.context_length, config.d_model)
             self.register_buffer("positions", table, persistent=False)
+        else:  # rotary: nothing is added to the embeddings; attention turns queries and keys
+            cos, sin = rotary_tables(config.context_length, config.head_dim, config.rope_base)
+            self.register_buffer("rotary_cos", cos, persistent=False)
+            self.register_buffer("rotary_sin", sin, persistent=False)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         # Post-LN already ends every block in a LayerNorm; pre-LN needs one before the head.
-        self.final_norm = nn.LayerNorm(config.d_model) if config.norm == "pre" else nn.Identity()
+        self.final_norm = make_norm(config, config.d_model) if config.norm == "pre" else nn.Identity()
         self.head = OutputHead(config.d_model, config.vocab_size)
-        self.head.weight = self.embed.weight  # tied: one (vocab x d_model) tensor, 25.7 M params in `paper`
+        if config.tie_embeddings:  # one (vocab x d_model) tensor, 25.7 M params in `paper`
+            self.head.weight = self.embed.weight
         # With N(0, 0.02) weights a raw embedding is ~50x smaller than the +-1 sinusoids and would be
         # drowned by them; scaling by sqrt(d_model), as Vaswani et al. do, puts the two on a par.
         self.embed_scale = math.sqrt(config.d_model) if config.embed_scale else 1.0
@@ -154,8 +216,10 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # parameters() yields the tied tensor once
 
-    def position_table(self) -> torch.Tensor:
-        """(context, d_model): what each position adds to its token's embedding."""
+    def position_table(self) -> torch.Tensor | None:
+        """(context, d_model): what each position adds to its token's embedding (None: rotary)."""
+        if self.config.positions == "rope":
+            return None
         return self.pos_embed.weight if self.config.positions == "learned" else self.positions
 
     def forward(
@@ -181,11 +245,15 @@ class GPT(nn.Module):
         # The positions join in the activations' dtype: an engine that casts parameters but not
         # buffers to bf16 (DeepSpeed, FSDP2's mixed precision) would otherwise get fp32 back here.
         x = self.embed(idx) * self.embed_scale
-        x = x + self.position_table()[start : start + T].to(x.dtype)
+        table, rotary = self.position_table(), None
+        if table is not None:
+            x = x + table[start : start + T].to(x.dtype)
+        else:
+            rotary = (self.rotary_cos[start : start + T], self.rotary_sin[start : start + T])
         x = self.dropout(x)
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for block in self.blocks:
-            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x, cache)
+            x = checkpoint(block, x, None, rotary, use_reentrant=False) if recompute else block(x, cache, rotary)
         if cache is not None:
             cache.length += T
         x = self.final_norm(x)

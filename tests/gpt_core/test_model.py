@@ -1,4 +1,5 @@
 import ast
+import itertools
 import math
 from pathlib import Path
 
@@ -7,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from gpt_core import GPT, IGNORE_INDEX, KVCache, get_preset
-from gpt_core.model import sinusoidal_positions
+from gpt_core.config import ConfigError
+from gpt_core.model import make_norm, rotary_tables, rotate, sinusoidal_positions
 
 GPT_CORE = Path(__file__).resolve().parents[2] / "gpt_core"
 
@@ -202,3 +204,99 @@ def test_attention_dropout_is_separate_and_off_by_default():
     assert get_preset("paper").attention_dropout == 0.0 and get_preset("paper").dropout == 0.1
     model = GPT(get_preset("tiny").replace(attention_dropout=0.2))
     assert model.blocks[0].attn.attn_dropout == 0.2
+
+
+# ---- today's small-LM block: each field against an independent reference ----------------------------
+def test_rope_turns_each_pair_of_halves_by_position_times_its_frequency():
+    """RoPE as the complex formula: the pair (x_i, x_{i + hd/2}) is z_i, multiplied by e^(i p theta_i)
+    with theta_i = base^(-2i/hd); the two halves pairing is transformers' Llama's."""
+    torch.manual_seed(0)
+    head_dim, length, base = 8, 11, 500.0
+    x = torch.randn(2, 3, length, head_dim, dtype=torch.float64)
+    cos, sin = rotary_tables(length, head_dim, base)
+    turned = rotate(x, cos.double(), sin.double())
+    half = head_dim // 2
+    theta = torch.tensor([base ** (-2 * i / head_dim) for i in range(half)], dtype=torch.float64)
+    angle = torch.arange(length, dtype=torch.float64).unsqueeze(1) * theta
+    z = torch.complex(x[..., :half], x[..., half:]) * torch.polar(torch.ones_like(angle), angle)
+    expected = torch.cat([z.real, z.imag], dim=-1)
+    torch.testing.assert_close(turned, expected, atol=1e-6, rtol=1e-6)
+    # Relative positions only: the score of q at p and k at p' depends on p - p' alone.
+    q, k = torch.randn(head_dim, dtype=torch.float64), torch.randn(head_dim, dtype=torch.float64)
+    qs, ks = rotate(q.expand(1, 1, length, -1), cos, sin)[0, 0], rotate(k.expand(1, 1, length, -1), cos, sin)[0, 0]
+    torch.testing.assert_close(qs[7] @ ks[4], qs[5] @ ks[2], atol=1e-5, rtol=1e-5)
+
+
+def test_rmsnorm_is_its_definition():
+    config = get_preset("tiny").replace(normalization="rmsnorm", norm_eps=1e-6)
+    norm = make_norm(config, 32)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(4, 7, 32) * 3 + 1
+    expected = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * norm.weight
+    torch.testing.assert_close(norm(x), expected)
+    assert sum(p.numel() for p in norm.parameters()) == 32  # a gain, no bias
+
+
+def test_grouped_query_attention_equals_repeated_key_value_heads():
+    """n_kv_head = 1 with 4 query heads is multi-head attention whose k, v heads are one head, repeated."""
+    torch.manual_seed(0)
+    config = get_preset("tiny").replace(n_head=4, n_kv_head=1)
+    attn = GPT(config).eval().blocks[0].attn
+    x = torch.randn(2, 9, config.d_model)
+    B, T, C = x.shape
+    q, k, v = attn.qkv(x).split(attn.split, dim=-1)
+    assert k.shape[-1] == C // 4  # one head's width
+    q = q.view(B, T, 4, -1).transpose(1, 2)
+    k, v = (t.view(B, T, 1, -1).transpose(1, 2).repeat_interleave(4, dim=1) for t in (k, v))
+    expected = attn.proj(textbook_attention(q, k, v).transpose(1, 2).reshape(B, T, C))
+    torch.testing.assert_close(attn(x), expected, atol=1e-5, rtol=1e-5)
+
+
+FIELD_CHOICES = {
+    "positions": ["sinusoidal", "learned", "rope"],
+    "normalization": ["layernorm", "rmsnorm"],
+    "activation": ["gelu", "swiglu", "relu2"],
+    "n_kv_head": [None, 1],
+    "qk_norm": [False, True],
+    "tie_embeddings": [True, False],
+    "bias": [True, False],
+    "norm": ["pre", "post"],
+}
+
+
+def every_combination():
+    names = list(FIELD_CHOICES)
+    for values in itertools.product(*FIELD_CHOICES.values()):
+        yield get_preset("tiny").replace(n_head=4, vocab_size=300, **dict(zip(names, values, strict=True)))
+
+
+def test_every_combination_counts_its_parameters_caches_and_fuses_its_head_exactly():
+    """For all 576 combinations of the fields: the config's parameter count is the model's; the KV
+    cache gives what recomputing the whole prefix gives; the fused training head and the chunked
+    evaluation head give the plain cross-entropy over the logits."""
+    torch.manual_seed(0)
+    idx, targets = torch.randint(0, 300, (2, 12)), torch.randint(0, 300, (2, 12))
+    for config in every_combination():
+        model = GPT(config).eval()
+        assert model.num_params() == config.num_params(), config
+        assert (model.head.weight is model.embed.weight) == config.tie_embeddings
+        with torch.no_grad():
+            full, _ = model(idx)
+            cache = KVCache(config, 2, "cpu", torch.float32)
+            pieces = [model(idx[:, a:b], cache=cache)[0] for a, b in [(0, 5), (5, 6), (6, 12)]]
+            torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-4, msg=str(config))
+            _, rows = model(idx, targets, measure=True)
+        plain = F.cross_entropy(full.view(-1, 300), targets.view(-1))
+        _, fused = model(idx, targets)
+        torch.testing.assert_close(fused, plain, msg=str(config))
+        torch.testing.assert_close((rows[:, 0].sum() / rows[:, 2].sum()).float(), plain, msg=str(config))
+
+
+def test_invalid_field_values_are_refused_naming_the_field():
+    with pytest.raises(ConfigError, match=r"n_kv_head must divide n_head \(4\), got 3"):
+        get_preset("tiny").replace(n_head=4, n_kv_head=3)
+    with pytest.raises(ConfigError, match="positions must be one of sinusoidal, learned, rope, got 'alibi'"):
+        get_preset("tiny").replace(positions="alibi")
+    with pytest.raises(ConfigError, match="normalization must be one of layernorm, rmsnorm"):
+        get_preset("tiny").replace(normalization="batchnorm")
