@@ -131,15 +131,36 @@ class GPTConfig:
         attention = self.n_layer * 2 * t * d  # QK^T and AV, causal half not discounted
         return 6 * matmul_params + 6 * attention
 
+    def describe(self) -> str:
+        """The architecture in one sentence, for model cards and `info`."""
+        heads = f"{self.n_head} heads" + (f" sharing {self.kv_heads} key/value heads" if self.n_kv_head else "")
+        activation = {"gelu": "GELU", "gelu_tanh": "GELU (tanh)", "swiglu": "SwiGLU", "relu2": "ReLU²"}[self.activation]
+        positions = {
+            "sinusoidal": "sinusoidal positions",
+            "learned": "learned positions",
+            "rope": f"rotary positions (base {self.rope_base:g})",
+        }[self.positions]
+        norm = f"{self.norm}-{'LayerNorm' if self.normalization == 'layernorm' else 'RMSNorm'} with residuals"
+        extras = [", QK-norm" if self.qk_norm else "", "" if self.bias else ", no biases"]
+        head = "the output layer tied to the embedding" if self.tie_embeddings else "an untied output layer"
+        return (
+            f"{self.n_layer} decoder layers, {heads}, d_model {self.d_model}, feed-forward {self.d_ff} with "
+            f"{activation}, {positions}, {norm}{''.join(extras)}, dropout {self.dropout}, context "
+            f"{self.context_length} tokens, {head}"
+        )
+
     # ---- persistence ------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> GPTConfig:
+    def from_dict(cls, data: dict, ignore_unknown: bool = False) -> GPTConfig:
+        """`ignore_unknown`: read the model fields out of a larger record (a run summary's model)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
-        if unknown:
+        if ignore_unknown:
+            data = {k: v for k, v in data.items() if k in known}
+        elif unknown:
             raise ConfigError(f"unknown model config field(s) {unknown}; known: {sorted(known)}")
         return cls(**data)
 

@@ -43,10 +43,11 @@ def rotary_tables(length: int, head_dim: int, base: float) -> tuple[torch.Tensor
     """cos and sin (length, head_dim) of RoPE (Su et al.): position p turns the pair of features
     (i, i + head_dim/2) by the angle p * base^(-2i/head_dim). The pairs are the two halves of a head,
     as transformers' Llama pairs them, so weights travel to it unpermuted."""
-    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-    angles = torch.outer(torch.arange(length, dtype=torch.float64), inv_freq)
+    # In float32 as transformers computes it, so an exported model's logits match to rounding.
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
     angles = torch.cat([angles, angles], dim=-1)
-    return angles.cos().float(), angles.sin().float()
+    return angles.cos(), angles.sin()
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -58,13 +58,13 @@ def save_pretrained(model: GPT, folder: str | Path, tokenizer: Tokenizer | None 
 
 
 def save_hf(model: GPT, folder: str | Path, extra_config: dict | None = None) -> list[str]:
-    """Write `model` as transformers' GPT-2 (pre-LN) or OpenAI GPT (post-LN): config.json and
-    model.safetensors under their names, the tied matrix once. Returns what transformers will
-    compute differently (hf.approximations), for the caller to say."""
+    """Write `model` as transformers' GPT-2 (pre-LN), OpenAI GPT (post-LN), Llama or Qwen3 (see
+    hf.architecture): config.json and model.safetensors under their names, a tied matrix once.
+    Returns what transformers will compute differently (hf.approximations), for the caller to say."""
+    config = {**hf.hf_config(model.config), **(extra_config or {})}  # first: refuses what no class computes
+    tensors = hf.to_hf(model.state_dict(), model.config, model.position_table())
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = hf.to_hf(model.state_dict(), model.config, model.position_table())
-    config = {**hf.hf_config(model.config), **(extra_config or {})}
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     save_file({k: v.cpu() for k, v in tensors.items()}, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
     return hf.approximations(model.config)
@@ -79,7 +79,7 @@ def read_config(folder: Path) -> tuple[GPTConfig, bool]:
             return hf.config_from_hf(data), True
         if isinstance(data, dict) and ("model_type" in data or "architectures" in data):
             found = ", ".join(data.get("architectures") or [str(data.get("model_type"))])
-            readable = ", ".join(arch for _, arch in hf.ARCHITECTURES.values())
+            readable = ", ".join(hf.READABLE)
             raise CheckpointError(
                 f"{config_file}: a transformers {found} model, an architecture gpt_core does not read; use a "
                 f"{readable} folder, or weights gpt_core saved"

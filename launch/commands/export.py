@@ -22,8 +22,9 @@ import shutil
 from pathlib import Path
 
 from gpt_core import Tokenizer, load_pretrained, save_hf
+from gpt_core.config import GPTConfig
 from gpt_core.files import write_json
-from gpt_core.hf import ARCHITECTURES
+from gpt_core.hf import architecture
 from gpt_core.tokenizer import EOT, GPT2_VOCAB_SIZE, byte_level_bpe, gpt2_files
 from launch.checkpoints.folders import find_best
 from launch.checkpoints.weights import weights_tokenizer
@@ -152,6 +153,7 @@ def model_card(summary: RunSummary, name: str, license: str, tokenizer: Tokenize
     import yaml
 
     m, cfg = summary.model, summary.config
+    model = GPTConfig.from_dict(m, ignore_unknown=True)
     source = cfg["data"]["source"]
     samples = [f"> **{s['prompt']}**{s['text']}".replace("\n", "\n> ") for s in summary.samples]
     lines = [
@@ -161,16 +163,13 @@ def model_card(summary: RunSummary, name: str, license: str, tokenizer: Tokenize
         "",
         f"# {name}",
         "",
-        f"A {m['parameters'] / 1e6:.1f}M-parameter GPT-2-style language model trained from scratch on short stories "
+        f"A {m['parameters'] / 1e6:.1f}M-parameter {'Llama' if model.positions == 'rope' else 'GPT-2'}-style language "
+        "model trained from scratch on short stories "
         f"with gpt-launch (the `gpt_core` model in plain PyTorch, trained by a Hugging Face Accelerate loop).",
         "",
         "## Architecture",
         "",
-        f"{m['n_layer']} decoder layers, {m['n_head']} heads, d_model {m['d_model']}, "
-        f"feed-forward {m['d_ff']} with GELU, sinusoidal positions, {m['norm']}-LayerNorm with residuals, "
-        f"dropout {m['dropout']}, context {m['context_length']} "
-        f"tokens, {_vocabulary(tokenizer)} with the output layer tied to the embedding "
-        f"(preset `{m.get('preset') or 'custom'}`).",
+        f"{model.describe()}; {_vocabulary(tokenizer)} (preset `{m.get('preset') or 'custom'}`).",
         "",
         "## Data",
         "",
@@ -221,7 +220,8 @@ def _card_results(summary: RunSummary, samples: list[str], with_curves: bool, to
         "",
         "## How to load it",
         "",
-        f"With transformers (a stock `{ARCHITECTURES[summary.model['norm']][1]}`, no custom code):",
+        f"With transformers (a stock `{architecture(GPTConfig.from_dict(summary.model, ignore_unknown=True))[1]}`, "
+        "no custom code):",
         "",
         "```python",
         "from transformers import pipeline",

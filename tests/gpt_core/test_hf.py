@@ -89,3 +89,67 @@ def test_the_gpt2_preset_computes_what_gpt2_does(tmp_path):
 def test_a_post_ln_shape_openai_gpt_cannot_compute_is_refused_in_words(tmp_path):
     with pytest.raises(ValueError, match=r"feed-forward is 4 x d_model \(256\), this model's is 128"):
         save_hf(GPT(POST_LN.replace(d_ff=128)), tmp_path)
+
+
+# ---- Llama-style models: LlamaForCausalLM, and Qwen3ForCausalLM for qk_norm -----------------------------
+LLAMA = get_preset("llama-small").replace(n_layer=2, context_length=48, vocab_size=500)
+
+
+@pytest.mark.parametrize(
+    "config, architecture",
+    [
+        (LLAMA, "LlamaForCausalLM"),  # grouped-query attention, tied
+        (LLAMA.replace(n_kv_head=None, tie_embeddings=False, embed_scale=True), "LlamaForCausalLM"),
+        (LLAMA.replace(qk_norm=True), "Qwen3ForCausalLM"),
+    ],
+)
+def test_transformers_llama_and_qwen3_compute_our_logits_from_the_export(tmp_path, config, architecture):
+    ours = trained_like(config)
+    assert save_hf(ours, tmp_path) == []
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(theirs).__name__ == architecture
+    idx = torch.randint(0, config.vocab_size, (2, config.context_length))
+    with torch.no_grad():
+        assert (ours(idx)[0] - theirs(idx).logits).abs().max() <= 1e-4
+        back = load_pretrained(tmp_path).eval()
+        assert (ours(idx)[0] - back(idx)[0]).abs().max() <= 1e-5
+    save_hf(back, tmp_path / "again")  # a fixed point: exported, read, exported again
+    assert (tmp_path / "again" / "model.safetensors").read_bytes() == (tmp_path / "model.safetensors").read_bytes()
+
+
+def test_a_llama_folder_from_save_pretrained_loads_as_gpt_core_computing_its_logits(tmp_path):
+    """What a user downloads from the Hub (llama2.c's stories models are such folders)."""
+    shape = transformers.LlamaConfig(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=172,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        rope_theta=500.0,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    reference = transformers.LlamaForCausalLM(shape).eval()
+    reference.save_pretrained(tmp_path)
+    ours = load_pretrained(tmp_path).eval()
+    assert (ours.config.n_kv_head, ours.config.rope_base, ours.config.tie_embeddings) == (2, 500.0, False)
+    idx = torch.randint(0, 512, (2, 64))
+    with torch.no_grad():
+        assert (ours(idx)[0] - reference(idx).logits).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (LLAMA.replace(normalization="layernorm"), "exports as Llama, and this one has normalization 'layernorm'"),
+        (LLAMA.replace(activation="relu2"), "activation 'relu2' (not 'swiglu')"),
+        (get_preset("small").replace(activation="swiglu"), "GPT-2 and OpenAI GPT compute the paper's block"),
+        (get_preset("small").replace(n_kv_head=2), "n_kv_head 2 (not None)"),
+    ],
+)
+def test_a_model_no_stock_class_computes_is_refused_naming_the_fields(tmp_path, config, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        save_hf(GPT(config), tmp_path)
+    assert not (tmp_path / "config.json").exists()

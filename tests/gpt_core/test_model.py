@@ -220,7 +220,7 @@ def test_rope_turns_each_pair_of_halves_by_position_times_its_frequency():
     angle = torch.arange(length, dtype=torch.float64).unsqueeze(1) * theta
     z = torch.complex(x[..., :half], x[..., half:]) * torch.polar(torch.ones_like(angle), angle)
     expected = torch.cat([z.real, z.imag], dim=-1)
-    torch.testing.assert_close(turned, expected, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(turned, expected, atol=1e-5, rtol=1e-5)
     # Relative positions only: the score of q at p and k at p' depends on p - p' alone.
     q, k = torch.randn(head_dim, dtype=torch.float64), torch.randn(head_dim, dtype=torch.float64)
     qs, ks = rotate(q.expand(1, 1, length, -1), cos, sin)[0, 0], rotate(k.expand(1, 1, length, -1), cos, sin)[0, 0]
