@@ -189,6 +189,13 @@ def model_card(summary: RunSummary, name: str, license: str, tokenizer: Tokenize
     return "\n".join(lines + _card_results(summary, samples, with_curves, tokenizer))
 
 
+def _optimizer(cfg: dict) -> str:
+    adamw = f"AdamW (lr {cfg['lr']}, betas {tuple(cfg['betas'])}, weight decay {cfg['weight_decay']})"
+    if cfg.get("optimizer") == "muon":
+        return f"Muon (lr {cfg['muon_lr']}) for the matrices inside the blocks and {adamw} for the rest"
+    return adamw
+
+
 def _vocabulary(tokenizer: Tokenizer) -> str:
     if tokenizer.path is None:
         return f"GPT-2's byte-level BPE vocabulary ({GPT2_VOCAB_SIZE:,} tokens)"
@@ -200,7 +207,7 @@ def _card_results(summary: RunSummary, samples: list[str], with_curves: bool, to
     return [
         "## Training recipe",
         "",
-        f"AdamW (lr {cfg['lr']}, betas {tuple(cfg['betas'])}, weight decay {cfg['weight_decay']}), "
+        f"{_optimizer(cfg)}, "
         f"{cfg['warmup_steps']} warmup steps then cosine decay to 0, gradient clipping at {cfg['grad_clip']}, "
         f"batch {cfg['batch_size']} x {cfg['grad_accum']} accumulation per process, up to "
         f"{cfg['epochs']} epochs with early stopping (patience {cfg['patience']}), seed {cfg['seed']}.",

@@ -166,9 +166,18 @@ class TrainConfig:
     grad_accum: int = setting(8, "Micro-batches per optimizer step.", on_resume="fixed", at_least=1)
     # ---- optimizer and schedule ----
     epochs: int = setting(10, "Maximum epochs (early stopping may end sooner).", at_least=1)
+    optimizer: Literal["adamw", "muon"] = setting(
+        "adamw",
+        "adamw, or muon: torch's Muon for the matrices inside the blocks (at --muon-lr), AdamW for the "
+        "embedding, output layer, norms and biases (at --lr). Not under DeepSpeed or FSDP.",
+        on_resume="fixed",
+    )
     lr: float = setting(2e-4, "Peak AdamW learning rate.", above=0)
+    muon_lr: float = setting(
+        0.02, "--optimizer muon: the Muon matrices' peak learning rate; the schedule scales it as --lr's.", above=0
+    )
     betas: tuple[float, float] = setting((0.9, 0.95), "AdamW betas (two numbers).")
-    weight_decay: float = setting(0.01, "AdamW weight decay (matrices only).", at_least=0)
+    weight_decay: float = setting(0.01, "AdamW (and Muon) weight decay (matrices only).", at_least=0)
     warmup_steps: int = setting(500, "Linear warmup, in optimizer steps, before the schedule.", at_least=0)
     schedule: Literal["cosine", "linear", "constant", "wsd"] = setting(
         "cosine",

@@ -36,7 +36,7 @@ from launch.tracking.trackers import RunLog
 
 from .autobatch import check_auto_batch, resolve_auto_batch
 from .evaluation import evaluate, metrics_text, perplexity
-from .optim import build_optimizer, lr_at, unused_schedule_settings
+from .optim import build_optimizer, check_optimizer, ignored_settings, lr_at
 from .profiling import StepProfiler
 from .resume import starting_point
 from .run import Run
@@ -69,7 +69,8 @@ def build_run(cfg: TrainConfig, resume_from: Path | None) -> Run:
         dataloader_config=DataLoaderConfiguration(even_batches=True),
     )
     set_seed(cfg.seed)
-    for note in unused_schedule_settings(cfg):
+    check_optimizer(cfg, accelerator)
+    for note in ignored_settings(cfg):
         accelerator.print(f"note: {note}")
     check_auto_batch(cfg, accelerator.device)
     model_config = cfg.model_config()
@@ -218,7 +219,7 @@ def micro_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> bool:
     with acc.accumulate(run.model):
         if acc.sync_gradients:  # before backward: under DeepSpeed, backward itself takes the step
             for group in run.optimizer.param_groups:
-                group["lr"] = lr_at(state.step, cfg, run.total_steps)
+                group["lr"] = lr_at(state.step, cfg, run.total_steps) * group.get("lr_scale", 1.0)
         _, loss = run.model(x, y)
         acc.backward(loss)
         if acc.sync_gradients:

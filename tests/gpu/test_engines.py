@@ -80,3 +80,14 @@ def test_deepspeed_shards_the_optimizer_state_and_with_zero3_the_parameters(deep
         else ["mp_rank_00_model_states.pt"]
     )
     assert model_files == expected, os.listdir(step)
+
+
+def test_muon_under_deepspeed_is_refused_in_one_line_before_any_work(tmp_path):
+    """DeepSpeed replaces the optimizer with its own and has no Muon: refused at the start, the run
+    folder left as it was."""
+    launch = deepspeed_run("launch/configs/deepspeed_zero2.yaml", tmp_path / "run", "--optimizer", "muon", processes=1)
+    result = run_cli(launch, check=False, timeout=300)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode != 0 and len(errors) == 1, result.stderr
+    assert "--optimizer muon cannot run here: DeepSpeed has no Muon; use --optimizer adamw" in errors[0]
+    assert not (tmp_path / "run" / "metrics.jsonl").exists() and not (tmp_path / "cache").exists()

@@ -78,3 +78,54 @@ def test_a_wsd_run_extended_before_its_decay_redoes_none_of_it(tmp_path):
     assert outcome(tmp_path / "extended") == outcome(tmp_path / "planned")
     lrs = [r["lr"] for r in records(tmp_path / "planned", "train")]
     assert lrs[:4] == [5e-4, 1e-3, 1e-3, 1e-3] and lrs[-1] < 1e-3  # warmup, stable, and a decay at the end
+
+
+# ---- --optimizer muon ---------------------------------------------------------------------------------
+TINY_LLAMA = {"n_layer": 2, "n_head": 2, "n_kv_head": 1, "d_model": 32, "d_ff": 86, "context_length": 32}
+
+
+def test_muon_owns_the_blocks_matrices_and_adamw_the_rest():
+    import torch
+
+    from gpt_core import GPT, get_preset
+    from launch.training.optim import MuonWithAdamW, build_optimizer
+
+    model = GPT(get_preset("llama-small").replace(**TINY_LLAMA, tie_embeddings=False))
+    optimizer = build_optimizer(model, TrainConfig(optimizer="muon", lr=1e-3, muon_lr=0.02), torch.device("cpu"))
+    assert isinstance(optimizer, MuonWithAdamW)
+    names = {id(p): n for n, p in model.named_parameters()}
+    owned = lambda opt: {names[id(p)] for g in opt.param_groups for p in g["params"]}
+    muon, adamw = owned(optimizer.muon), owned(optimizer.adamw)
+    assert muon == {f"blocks.{i}.{m}.weight" for i in range(2) for m in ("attn.qkv", "attn.proj", "ffn.up", "ffn.down")}
+    assert adamw == set(names.values()) - muon and "embed.weight" in adamw and "head.weight" in adamw
+    assert all("norm" in n or n in ("embed.weight", "head.weight") for n in adamw)  # no biases here
+    # one optimizer to the loop: its groups are the two optimizers' own, AdamW's first (its lr is logged)
+    assert optimizer.param_groups[0] is optimizer.adamw.param_groups[0]
+    assert [g["lr_scale"] for g in optimizer.param_groups] == [1.0, 1.0, pytest.approx(20.0)]
+    assert TrainConfig(optimizer="adamw").optimizer == "adamw" and not isinstance(
+        build_optimizer(model, TrainConfig(), torch.device("cpu")), MuonWithAdamW
+    )
+
+
+@pytest.mark.slow  # trains for seconds
+def test_a_muon_run_resumes_bit_for_bit_at_its_own_learning_rate(tmp_path):
+    """A Llama-style tiny model (--model-config) with Muon: paused at step 4 and resumed, every record
+    equals the run straight through; Muon's lr follows the schedule at --muon-lr."""
+    import json
+
+    import torch
+
+    from gpt_core import get_preset
+
+    config = tmp_path / "llama.json"
+    config.write_text(json.dumps(get_preset("llama-small").replace(**TINY_LLAMA).to_dict()))
+    common = ("--model-config", config, "--optimizer", "muon", "--muon-lr", "0.03", "--lr", "3e-3")
+    common += ("--warmup-steps", "2", "--max-steps", "8", "--eval-every", "2", "--log-every", "1")
+    train_here(tmp_path / "straight", *common)
+    train_here(tmp_path / "resumed", *common, "--stop-after-steps", "4")
+    train_here(tmp_path / "resumed", *common, "--resume", "auto")
+    assert outcome(tmp_path / "resumed") == outcome(tmp_path / "straight")
+    state = next((tmp_path / "resumed" / "checkpoints").glob("step-*4")) / "state" / "optimizer.bin"
+    saved = torch.load(state, weights_only=False)
+    lrs = [saved[kind]["param_groups"][0]["lr"] for kind in ("muon", "adamw")]
+    assert set(saved) == {"adamw", "muon"} and lrs[0] / lrs[1] == pytest.approx(10.0)  # 0.03 / 3e-3
