@@ -12,7 +12,18 @@ import shutil
 import pytest
 
 from launch.settings.config import SMOKE_DATA
-from tests.helpers import REFERENCE, SHARED_TINYSTORIES, STORY_RUN, WANDB_SECRET, invoke, outcome, tiny_run, train_here
+from tests.helpers import (
+    LLAMA_RUN,
+    REFERENCE,
+    SHARED_TINYSTORIES,
+    STORY_RUN,
+    WANDB_SECRET,
+    invoke,
+    llama_config,
+    outcome,
+    tiny_run,
+    train_here,
+)
 
 
 def pytest_xdist_auto_num_workers(config):
@@ -98,6 +109,15 @@ def story_run(story_tokenizer, tmp_path_factory):
     train_here(out, "--tokenizer", story_tokenizer, *STORY_RUN, "--stop-after-steps", "4")
     train_here(out, *STORY_RUN, "--resume", "auto")
     return out
+
+
+@pytest.fixture(scope="session")
+def llama_run(story_tokenizer, tmp_path_factory):
+    """A Llama-style tiny model (RoPE, RMSNorm, SwiGLU, grouped-query attention, no biases) trained
+    straight through with Muon and story_tokenizer."""
+    root = tmp_path_factory.mktemp("llama")
+    train_here(root / "run", "--model-config", llama_config(root), "--tokenizer", story_tokenizer, *LLAMA_RUN)
+    return root / "run"
 
 
 @pytest.fixture(scope="session")

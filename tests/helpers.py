@@ -29,7 +29,20 @@ REFERENCE = [
     "4",
 ]
 STORY_RUN = ("--max-steps", "8", "--eval-every", "2", "--log-every", "1")  # conftest's story_run
+# conftest's llama_run: a Llama-style tiny model (--model-config llama_config()) trained with Muon
+LLAMA_RUN = ("--optimizer", "muon", "--muon-lr", "0.03", "--lr", "3e-3", "--warmup-steps", "2", *STORY_RUN)
 WANDB_SECRET = "0123456789abcdef0123456789abcdef01234567"  # shaped like a W&B API key
+
+
+def llama_config(folder: Path) -> Path:
+    """`llama-small` at the tiny preset's size (two query heads sharing one key/value head), as a
+    --model-config file in `folder`."""
+    from gpt_core import get_preset
+
+    shape = {"n_layer": 2, "n_head": 2, "n_kv_head": 1, "d_model": 32, "d_ff": 86, "context_length": 32}
+    path = Path(folder) / "llama.json"
+    path.write_text(json.dumps(get_preset("llama-small").replace(**shape).to_dict()))
+    return path
 
 
 def make_stories(n: int, seed: int = 0) -> list[str]:

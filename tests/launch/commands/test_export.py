@@ -198,3 +198,25 @@ def test_an_export_with_a_trained_tokenizer_loads_in_transformers(story_run, tmp
         assert (model(x).logits - ours(x)[0]).abs().max() <= 1e-4
     assert tokenizer_of(out).fingerprint == words.fingerprint  # gpt_core finds the same tokenizer there
     assert "512 tokens trained on the train split" in (out / "README.md").read_text()
+
+
+def test_a_llama_style_run_exports_as_stock_llama_with_its_tokenizer_and_card(llama_run, tmp_path, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    from gpt_core import tokenizer_of
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "llama-export"
+    assert invoke("export", llama_run, out).exit_code == 0
+    ours = load_pretrained(llama_run / "checkpoints" / "best").eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_key_value_heads == 1
+    words = tokenizer_of(out)
+    ids = words.encode("Once upon a time, Tom found a red ball.")
+    with torch.no_grad():
+        x = torch.tensor([ids])
+        assert (model(x).logits - ours(x)[0]).abs().max() <= 1e-4
+    story = transformers.pipeline("text-generation", model=str(out))("Once upon a time", max_new_tokens=8)
+    assert story[0]["generated_text"].startswith("Once upon a time")
+    card = (out / "README.md").read_text()
+    assert "Llama-style" in card and "rotary positions" in card and "LlamaForCausalLM" in card
+    assert "Muon (lr 0.03) for the matrices inside the blocks" in card

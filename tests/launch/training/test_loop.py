@@ -238,7 +238,10 @@ def init_options(out, source, *extra):
     ]
 
 
-def test_init_from_a_transformers_gpt2_folder_starts_at_step_0_from_its_loss(tmp_path):
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_init_from_a_transformers_folder_starts_at_step_0_from_its_loss(tmp_path, family):
+    """A local copy of `gpt2`, or of a Llama such as llama2.c's TinyStories models on the Hub (random
+    weights, written by save_pretrained): the run's first evaluation is transformers' own loss."""
     transformers = pytest.importorskip("transformers")
     import torch
     import torch.nn.functional as F
@@ -246,16 +249,28 @@ def test_init_from_a_transformers_gpt2_folder_starts_at_step_0_from_its_loss(tmp
     from launch.data.batching import PackedDataset
     from launch.data.prepare import prepare_data
 
-    shape = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=32, vocab_size=50257)
     torch.manual_seed(0)
-    source = transformers.GPT2LMHeadModel(shape).eval()
-    source.save_pretrained(tmp_path / "gpt2-copy")  # as a local copy of `gpt2` would be saved
+    if family == "gpt2":
+        shape = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=32, vocab_size=50257)
+        source = transformers.GPT2LMHeadModel(shape).eval()
+    else:
+        shape = transformers.LlamaConfig(
+            vocab_size=50257,
+            hidden_size=32,
+            intermediate_size=86,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=32,
+        )
+        source = transformers.LlamaForCausalLM(shape).eval()
+    source.save_pretrained(tmp_path / f"{family}-copy")
     out = tmp_path / "run"
-    result = invoke(*init_options(out, tmp_path / "gpt2-copy", "--eval-batches", "2"), check=True)
+    result = invoke(*init_options(out, tmp_path / f"{family}-copy", "--eval-batches", "2"), check=True)
     assert "init: weights from" in result.stdout and "start fresh" in result.stdout
     first = records(out, "eval")[0]
     assert first["step"] == 0 and [r["step"] for r in records(out, "train")] == [1, 2]
-    assert json.loads((out / "train_config.json").read_text())["init_from"] == str(tmp_path / "gpt2-copy")
+    assert json.loads((out / "train_config.json").read_text())["init_from"] == str(tmp_path / f"{family}-copy")
     # the run's first evaluation: transformers' own loss on the same validation rows (2 batches of 2)
     split = prepare_data(DataConfig(source=str(SMOKE_DATA), cache_dir=str(tmp_path / "cache")), log=lambda *_: None)
     rows = PackedDataset(split.splits["validation"], 32)

@@ -6,7 +6,7 @@ import pytest
 
 from launch.settings.config import TrainConfig
 from launch.training.optim import lr_at
-from tests.helpers import outcome, records, train_here
+from tests.helpers import LLAMA_RUN, llama_config, outcome, records, train_here
 
 
 def expected_lr(schedule: str, step: int, lr=1e-3, min_lr=1e-4, warmup=2, total=10, decay_fraction=0.25) -> float:
@@ -81,16 +81,13 @@ def test_a_wsd_run_extended_before_its_decay_redoes_none_of_it(tmp_path):
 
 
 # ---- --optimizer muon ---------------------------------------------------------------------------------
-TINY_LLAMA = {"n_layer": 2, "n_head": 2, "n_kv_head": 1, "d_model": 32, "d_ff": 86, "context_length": 32}
-
-
 def test_muon_owns_the_blocks_matrices_and_adamw_the_rest():
     import torch
 
     from gpt_core import GPT, get_preset
     from launch.training.optim import MuonWithAdamW, build_optimizer
 
-    model = GPT(get_preset("llama-small").replace(**TINY_LLAMA, tie_embeddings=False))
+    model = GPT(get_preset("llama-small").replace(n_layer=2, tie_embeddings=False))
     optimizer = build_optimizer(model, TrainConfig(optimizer="muon", lr=1e-3, muon_lr=0.02), torch.device("cpu"))
     assert isinstance(optimizer, MuonWithAdamW)
     names = {id(p): n for n, p in model.named_parameters()}
@@ -108,23 +105,15 @@ def test_muon_owns_the_blocks_matrices_and_adamw_the_rest():
 
 
 @pytest.mark.slow  # trains for seconds
-def test_a_muon_run_resumes_bit_for_bit_at_its_own_learning_rate(tmp_path):
-    """A Llama-style tiny model (--model-config) with Muon: paused at step 4 and resumed, every record
-    equals the run straight through; Muon's lr follows the schedule at --muon-lr."""
-    import json
-
+def test_a_muon_run_resumes_bit_for_bit_at_its_own_learning_rate(tmp_path, llama_run, story_tokenizer):
+    """The Llama-style tiny model with Muon, paused at step 4 and resumed: every record equals the run
+    straight through (llama_run); Muon's lr follows the schedule at --muon-lr."""
     import torch
 
-    from gpt_core import get_preset
-
-    config = tmp_path / "llama.json"
-    config.write_text(json.dumps(get_preset("llama-small").replace(**TINY_LLAMA).to_dict()))
-    common = ("--model-config", config, "--optimizer", "muon", "--muon-lr", "0.03", "--lr", "3e-3")
-    common += ("--warmup-steps", "2", "--max-steps", "8", "--eval-every", "2", "--log-every", "1")
-    train_here(tmp_path / "straight", *common)
+    common = ("--model-config", llama_config(tmp_path), "--tokenizer", story_tokenizer, *LLAMA_RUN)
     train_here(tmp_path / "resumed", *common, "--stop-after-steps", "4")
     train_here(tmp_path / "resumed", *common, "--resume", "auto")
-    assert outcome(tmp_path / "resumed") == outcome(tmp_path / "straight")
+    assert outcome(tmp_path / "resumed") == outcome(llama_run)
     state = next((tmp_path / "resumed" / "checkpoints").glob("step-*4")) / "state" / "optimizer.bin"
     saved = torch.load(state, weights_only=False)
     lrs = [saved[kind]["param_groups"][0]["lr"] for kind in ("muon", "adamw")]
