@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from gpt_core import GPTConfig, get_preset
+from gpt_core.config import PRESETS
 from gpt_core.files import write_json
 from gpt_core.tokenizer import GPT2_VOCAB_SIZE, TOKENIZER_NAME, TokenizerError, load_tokenizer
 from launch.checkpoints.weights import init_weights_config, init_weights_tokenizer
@@ -126,12 +127,14 @@ class TrainConfig:
     # ---- model ----
     preset: str | None = setting(
         None,
-        "Model shape: paper, paper-preln, small, tiny, gpt2 [default: paper; with --init-from, that model's].",
+        f"Model shape: {', '.join(PRESETS)} [default: paper; with --init-from, that model's]. llama-small is "
+        "small's budget as a Llama-style model (RoPE, RMSNorm, SwiGLU, grouped-query attention, no biases).",
         on_resume="fixed",
     )
     init_from: str | None = setting(
         None,
-        "Start from these weights (a run, a checkpoint, an export, or a transformers GPT-2 / OpenAI GPT folder): "
+        "Start from these weights (a run, a checkpoint, an export, or a transformers GPT-2, OpenAI GPT, Llama or "
+        "Qwen3 folder): "
         "the weights only; the optimizer, schedule and step start fresh, as in fine-tuning.",
         on_resume="fixed",
     )
