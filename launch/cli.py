@@ -24,6 +24,7 @@ from launch.settings.commands import (
     InfoSettings,
     ReportSettings,
     ShareSettings,
+    SweepSettings,
 )
 from launch.settings.config import TrainConfig
 from launch.settings.fields import replace_paths
@@ -224,6 +225,21 @@ def bench(**settings):
     click.echo(json.dumps(result) if quiet else format_table(result))
     if s.json_out and not quiet:
         write_json(s.json_out, result)
+
+
+@cli.command(context_settings={"show_default": True, "ignore_unknown_options": True})
+@click.argument("space", required=False)
+@config_options(SweepSettings())
+@click.argument("train_args", nargs=-1, type=click.UNPROCESSED)
+@user_errors_exit
+def sweep(space, train_args, **settings):
+    """Run a hyperparameter study of SPACE (YAML: train settings and their ranges) whose trials are
+    ordinary `train` runs under --output-dir, with train's own flags for everything fixed; the same
+    command on more machines, with one --storage, shares the study (--report: the report alone).
+    E.g. gpt-launch sweep space.yaml --trials 16 --preset small --max-steps 300 --eval-every 50"""
+    from launch.commands.sweep import sweep_command
+
+    sweep_command(space, SweepSettings(**settings), list(train_args), train_command(), log=click.echo)
 
 
 def main() -> None:

@@ -96,6 +96,15 @@ def follow_launcher() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def free_port() -> int:
+    """A TCP port free on this machine now, for a launcher's rendezvous."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def fault_point(name: str) -> None:
     """Die here, as by kill -9, when GPT_LAUNCH_FAULT names this point: the fault tests' way to
     interrupt a run at an exact moment (mid-checkpoint, mid-test) that a timed kill would only hit

@@ -3,10 +3,11 @@
 import gzip
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from launch.runtime import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_TINYSTORIES = (REPO.parent / "shared" / "data" / "tinystories").resolve()
@@ -172,12 +173,6 @@ def deepspeed_run(
         script,
         *tiny_run_options(out, "--max-steps", "4", *extra),
     ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch_two(*flags: str, precision: str = "no") -> list[str]:

@@ -58,11 +58,7 @@ def run_bench(settings: BenchSettings, implementations: dict[str, str] | None = 
         "compile": s.compile,
     }
     if dev.type == "cpu":
-        result["cpu_bf16"] = {
-            "features": cpu_bf16_features(),
-            "matmul_speedup": cpu_bf16_speedup(),
-            "advice": cpu_precision_advice("bf16" if precision == "bf16" else "no"),
-        }
+        result["cpu_bf16"] = cpu_bf16_figures(precision)
     spec = {
         "preset": s.preset,
         "batch_size": batch,
@@ -92,6 +88,15 @@ def run_bench(settings: BenchSettings, implementations: dict[str, str] | None = 
     progress("bench: preparing the stories from scratch")
     result["data_preparation"] = measure_data_preparation(source)
     return result
+
+
+def cpu_bf16_figures(precision: str) -> dict:
+    """This CPU's bf16 matrix hardware, what it measures against fp32, and the advice for `precision`."""
+    return {
+        "features": cpu_bf16_features(),
+        "matmul_speedup": cpu_bf16_speedup(),
+        "advice": cpu_precision_advice("bf16" if precision == "bf16" else "no"),
+    }
 
 
 def _generation(s: BenchSettings, dev: torch.device, progress) -> dict:

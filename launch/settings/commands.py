@@ -191,3 +191,42 @@ class ExportSettings:
     )
     push: str | None = setting(None, "Also upload OUT to this Hugging Face Hub repo (user/name).")
     private: bool = setting(False, "With --push: create the repo private.")
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """`gpt-launch sweep`: the study (where it lives, how it samples and prunes) and its trials."""
+
+    trials: int = setting(16, "Trials the study runs in all, shared by every worker on it.", at_least=1)
+    output_dir: str = setting(
+        "sweeps/sweep", "The sweep's folder: a run folder per trial, the study's SQLite file, the report."
+    )
+    storage: str | None = setting(
+        None,
+        "Where the study lives, for several workers: an SQLAlchemy URL (sqlite:///path.db, postgresql://user@host/db) "
+        "or journal:PATH (a file on a shared disk) [default: sqlite in --output-dir].",
+    )
+    study_name: str | None = setting(None, "The study's name in the storage [default: --output-dir's folder name].")
+    objective: Literal["bits_per_byte", "loss"] = setting(
+        "bits_per_byte", "Minimised: each trial's best validation bits per byte, or loss."
+    )
+    sampler: Literal["tpe", "random"] = setting("tpe", "Optuna's sampler (TPE draws its first 4 trials at random).")
+    pruner: Literal["median", "halving", "none"] = setting(
+        "median",
+        "Stop a trial at a validation where it is hopeless: below the median of earlier trials at that step, or "
+        "successive halving; none runs every trial to its end.",
+    )
+    prune_after: int = setting(4, "Trials that finish before the median pruner judges others.", at_least=1)
+    sampler_seed: int = setting(
+        0, "The sampler's seed: the same seed, space and flags give the same trials.", at_least=0
+    )
+    processes: int = setting(
+        1, "Processes per trial: above 1, each trial is an `accelerate launch --num_processes N` run.", at_least=1
+    )
+    grace_period: int = setting(
+        60,
+        "Seconds a worker's trial may go without a heartbeat (SQL storages) before another worker fails and "
+        "retries it.",
+        at_least=2,
+    )
+    report: bool = setting(False, "Only write the report of --output-dir's study (best trial, table, plots).")

@@ -51,6 +51,7 @@ from .state import (
     TokenCount,
     Validation,
 )
+from .trial import TrialReport
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,6 +106,7 @@ def build_run(cfg: TrainConfig, resume_from: Path | None) -> Run:
         batch_size,
         Path(cfg.output_dir),
         early=EarlyStopping(cfg.patience),
+        trial=TrialReport.from_environment(),
         validation=Validation(cfg.eval_every),
         checkpointing=Checkpointing(cfg.save_every),
         tokens=TokenCount(accelerator, cfg.layout == "packed"),
@@ -265,8 +267,7 @@ def after_step(run: Run, stop_signal: StopSignal, epoch_end: bool) -> StopReason
     finished = COMPLETED if last_step else None
     if run.validation.should_run(state.step, epoch_end, last_step):
         with run.window.paused():
-            if validate(run, epoch, epoch_end):
-                finished = run.early.reason()
+            finished = validate(run, epoch, epoch_end) or finished
     paused = pause_reason(run, stop_signal)
     state.finish(None if paused else finished)  # paused at the last step: the resumed session finishes
     if run.checkpointing.should_save(state.step, epoch_end, stopping=bool(finished or paused)):
@@ -307,15 +308,18 @@ def log_training(run: Run, epoch: int) -> None:
     run.progress.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
 
 
-def validate(run: Run, epoch: int, epoch_end: bool) -> bool:
-    """Evaluate on the validation split, keep the best weights; True when early stopping says stop."""
+def validate(run: Run, epoch: int, epoch_end: bool) -> StopReason | None:
+    """Evaluate on the validation split, keep the best weights; why to stop here (early stopping, a
+    sweep's pruner), or None."""
     metrics = evaluate(run.model, run.loaders["validation"], run.accelerator, run.data.tokenizer, run.cfg.eval_batches)
     step = run.state.step
     run.log.log({"kind": "eval", "step": step, "epoch": epoch, "epoch_end": epoch_end, **metrics})
     run.say(f"eval: step {step} {metrics_text(metrics)}")
     if run.early.update(metrics, step):
         save_best(run.accelerator, run.model, run.spec, run.run_dir, run.checkpoint_state())
-    return run.early.should_stop(run.accelerator)
+    if run.early.should_stop(run.accelerator):
+        return run.early.reason()
+    return run.trial.prune(metrics, step, run.accelerator) if run.trial is not None else None
 
 
 def save(run: Run, why: str) -> None:

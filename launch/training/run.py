@@ -16,6 +16,7 @@ from launch.tracking.trackers import RunLog
 
 from .profiling import StepProfiler
 from .state import Checkpointing, EarlyStopping, LossWindow, TokenCount, TrainerState, Validation
+from .trial import TrialReport
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Run:
     batches_per_epoch: int = 0
     state: TrainerState = field(default_factory=TrainerState)
     early: EarlyStopping | None = None
+    trial: TrialReport | None = None  # the sweep trial this run is, if any
     validation: Validation | None = None
     checkpointing: Checkpointing | None = None
     tokens: TokenCount | None = None

@@ -56,19 +56,20 @@ class StopKind(enum.Enum):
     EARLY_STOPPING = "early stopping"
     SESSION_LIMIT = "session limit"
     SIGNAL = "signal"
+    PRUNED = "pruned"  # by a sweep's pruner, at a validation
 
 
 @dataclass(frozen=True)
 class StopReason:
-    """Why the loop stops: finished (completed, early stopping: test and summarise) or paused (a
-    session limit, a signal: a checkpoint, then resume)."""
+    """Why the loop stops: finished (completed, early stopping, pruned by a sweep: test and
+    summarise) or paused (a session limit, a signal: a checkpoint, then resume)."""
 
     kind: StopKind
     message: str
 
     @property
     def finished(self) -> bool:
-        return self.kind in (StopKind.COMPLETED, StopKind.EARLY_STOPPING)
+        return self.kind in (StopKind.COMPLETED, StopKind.EARLY_STOPPING, StopKind.PRUNED)
 
     def __str__(self) -> str:
         return self.message

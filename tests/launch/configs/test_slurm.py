@@ -123,3 +123,17 @@ def test_a_preempted_job_saves_and_its_requeue_resumes_to_the_same_losses(tmp_pa
     )
     assert losses(out) == losses(plain)
     assert json.loads((out / "summary.json").read_text())["steps"] == 40
+
+
+def test_the_sweep_array_script_runs_one_worker_per_task_on_the_given_study():
+    """launch/configs/slurm/sweep.sbatch: every array task is a `gpt-launch sweep` worker with the
+    flags given (the study's storage among them); outside an array it says what it needs."""
+    script = REPO / "launch" / "configs" / "slurm" / "sweep.sbatch"
+    flags = ["space.yaml", "--trials", "64", "--storage", "postgresql://sweeper@db/sweeps", "--preset", "small"]
+    env = {"GPT_LAUNCH_DRY_RUN": "1", "SLURM_ARRAY_TASK_ID": "3"}
+    out = run_cli(["bash", script, *flags], env=env).stdout.splitlines()
+    assert out[0].startswith("sweep worker 3 on ") and out[1] == "gpt-launch sweep " + " ".join(flags)
+    outside = run_cli(["bash", script, *flags], env={"GPT_LAUNCH_DRY_RUN": "1"}, check=False)
+    assert outside.returncode != 0 and "run this under sbatch --array" in outside.stderr
+    text = script.read_text()
+    assert "#SBATCH --signal=TERM@120" in text and "exec gpt-launch sweep" in text

@@ -1,0 +1,107 @@
+"""A sweep's study as its runs see it: where it lives, how it prunes, and a trial's run reporting
+each validation to it as it happens.
+
+`gpt-launch sweep` starts each trial as an ordinary `train` run and tells it its trial through the
+GPT_LAUNCH_TRIAL environment variable (the storage URL may hold a password: it stays out of the
+run's files). The run reports every validation's objective; when the study's pruner calls the
+trial hopeless, the run stops at that validation as a finished run (tested, summarised, its last
+checkpoint saved) whose stop reason says it was pruned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from launch.errors import UserError
+from launch.runtime import any_process
+
+from .state import StopKind, StopReason
+
+TRIAL_ENV = "GPT_LAUNCH_TRIAL"
+
+
+def open_storage(url: str, grace_period: int = 60):
+    """Optuna's storage for `url`: an SQLAlchemy URL (with heartbeats, so a dead worker's trial is
+    failed and retried) or journal:PATH, a file any number of workers share through its lock."""
+    import optuna
+    from optuna.storages import RetryFailedTrialCallback
+
+    retry = RetryFailedTrialCallback(max_retry=2, inherit_intermediate_values=True)
+    try:
+        if url.startswith("journal:"):
+            path = Path(url.removeprefix("journal:"))
+            backend = optuna.storages.journal.JournalFileBackend(str(path))
+            return optuna.storages.JournalStorage(backend)
+        # a worker beats for its trial every grace_period / 6 s; silent for grace_period, it is failed
+        heartbeat = max(1, grace_period // 6)
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=heartbeat, grace_period=grace_period, failed_trial_callback=retry
+        )
+    except Exception as e:  # SQLAlchemy's and the drivers' many errors: each means "cannot use it"
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"--storage {redact(url)} cannot be used ({message}); check the URL and that it is reachable"
+        ) from None
+
+
+def redact(url: str) -> str:
+    """`url` with any password replaced, for messages and files."""
+    head, at, tail = url.partition("@")
+    if not at or "://" not in head:
+        return url
+    scheme, _, credentials = head.partition("://")
+    return f"{scheme}://{credentials.split(':')[0]}:***@{tail}" if ":" in credentials else url
+
+
+def make_pruner(name: str, prune_after: int = 4):
+    """`prune_after`: the trials that finish before the median pruner judges a trial against them."""
+    import optuna
+
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=prune_after, n_warmup_steps=0, interval_steps=1)
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    return optuna.pruners.NopPruner()
+
+
+class TrialReport:
+    """The run's side of a trial: report, and ask whether to stop."""
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self._trial = None
+
+    @classmethod
+    def from_environment(cls) -> TrialReport | None:
+        raw = os.environ.get(TRIAL_ENV)
+        return cls(json.loads(raw)) if raw else None
+
+    def trial(self):
+        if self._trial is None:
+            import optuna
+
+            storage = open_storage(self.spec["storage"])
+            study = optuna.load_study(
+                study_name=self.spec["study"],
+                storage=storage,
+                pruner=make_pruner(self.spec["pruner"], self.spec["prune_after"]),
+            )
+            self._trial = optuna.trial.Trial(study, self.spec["trial_id"])
+        return self._trial
+
+    def prune(self, metrics: dict, step: int, accelerator) -> StopReason | None:
+        """Report this validation (main process); every process learns the pruner's answer together."""
+        hopeless = False
+        if accelerator.is_main_process:
+            trial = self.trial()
+            trial.report(float(metrics[self.spec["objective"]]), step)
+            hopeless = trial.should_prune()
+        if not any_process(accelerator, hopeless)[0]:
+            return None
+        return StopReason(
+            StopKind.PRUNED,
+            f"pruned at step {step}: the sweep's {self.spec['pruner']} pruner found its validation "
+            f"{self.spec['objective'].replace('_', ' ')} hopeless",
+        )

@@ -1,0 +1,122 @@
+"""`gpt-launch sweep`: real Optuna studies in SQLite, trials that are ordinary tiny runs, pruning,
+two workers on one study (one killed mid-trial), and the report."""
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.helpers import PYTHON, REPO, child_env, invoke, run_cli
+
+optuna = pytest.importorskip("optuna")
+pytestmark = pytest.mark.slow  # every trial is a process
+
+SPACE = "lr: {low: 1.0e-3, high: 3.0e-2, log: true}\nwarmup_steps: {low: 0, high: 3}\n"
+TRAIN = ("--smoke", "--preset", "tiny", "--max-steps", "4", "--eval-every", "2", "--sample-tokens", "4")
+
+
+def sweep_args(folder, *extra, space=SPACE):
+    (folder.parent / f"{folder.name}.yaml").write_text(space)
+    cache = folder.parent / "cache"
+    return [
+        "sweep",
+        folder.parent / f"{folder.name}.yaml",
+        "--output-dir",
+        folder,
+        *extra,
+        *TRAIN,
+        "--data-cache",
+        cache,
+    ]
+
+
+def study_of(folder):
+    record = json.loads((folder / "sweep.json").read_text())
+    return optuna.load_study(study_name=record["study"], storage=f"sqlite:///{folder / 'study.db'}")
+
+
+def test_a_four_trial_sweep_is_four_ordinary_runs_its_best_is_theirs_and_the_seed_repeats_it(tmp_path):
+    folder = tmp_path / "lr"
+    invoke(*sweep_args(folder, "--trials", "4", "--sampler-seed", "7"), check=True)
+    study = study_of(folder)
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    best_of_runs = {}
+    for t in trials:
+        run_dir = folder / f"trial-{t.number:04d}"
+        assert t.user_attrs["run_dir"] == str(run_dir)
+        summary = json.loads((run_dir / "summary.json").read_text())  # an ordinary finished run
+        assert summary["stop_reason"] == "completed" and summary["test"]["bits_per_byte"] > 0
+        assert (
+            summary["config"]["lr"] == t.params["lr"] and summary["config"]["warmup_steps"] == t.params["warmup_steps"]
+        )
+        best_of_runs[t.number] = summary["best_validation"]["bits_per_byte"]
+        assert t.value == best_of_runs[t.number]
+    assert study.best_value == min(best_of_runs.values())
+    assert invoke("evaluate", folder / f"trial-{study.best_trial.number:04d}", "--max-batches", "1").exit_code == 0
+    report = (folder / "report" / "report.md").read_text()
+    assert f"Best: trial {study.best_trial.number}" in report and study.best_trial.user_attrs["command"] in report
+    assert {p.name for p in (folder / "report").iterdir()} >= {
+        "history.png",
+        "importance.png",
+        "curves.png",
+        "report.html",
+    }
+    assert "data:image/png;base64," in (folder / "report" / "report.html").read_text()
+    # the same seed draws the same trials; the study then refuses another space
+    again = tmp_path / "again"
+    invoke(*sweep_args(again, "--trials", "2", "--sampler-seed", "7"), check=True)
+    assert [t.params for t in study_of(again).get_trials()] == [t.params for t in trials[:2]]
+    changed = invoke(*sweep_args(again, "--trials", "2", "--sampler-seed", "7", space="lr: [0.001, 0.01]\n"))
+    assert changed.exit_code == 2 and "was started with other space" in changed.stderr
+
+
+def test_a_hopeless_trial_is_pruned_at_a_validation_and_is_a_finished_run(tmp_path):
+    folder = tmp_path / "pruned"
+    folder.mkdir()
+    study = optuna.create_study(study_name="pruned", storage=f"sqlite:///{folder / 'study.db'}")
+    for lr in (2e-2, 1e-7):  # one that learns, then one that cannot
+        study.enqueue_trial({"lr": lr, "warmup_steps": 0})
+    invoke(*sweep_args(folder, "--trials", "2", "--pruner", "median", "--prune-after", "1"), check=True)
+    states = [t.state.name for t in study_of(folder).get_trials()]
+    assert states == ["COMPLETE", "PRUNED"]
+    summary = json.loads((folder / "trial-0001" / "summary.json").read_text())
+    assert summary["stop_reason"].startswith("pruned at step 2") and summary["steps"] == 2
+    assert (folder / "trial-0001" / "checkpoints" / "best").exists() and summary["test"]["bits_per_byte"] > 0
+
+
+def test_a_bad_space_or_storage_is_one_line_before_any_work(tmp_path):
+    bad = invoke(*sweep_args(tmp_path / "bad", space="lr: {low: 0.1, high: 0.01}\n"))
+    assert bad.exit_code == 2 and "upside down" in bad.stderr and not (tmp_path / "bad").exists()
+    unreachable = invoke(*sweep_args(tmp_path / "pg", "--storage", "postgresql://me:secret@127.0.0.1:1/none"))
+    assert unreachable.exit_code == 2 and "cannot be used" in unreachable.stderr and "secret" not in unreachable.stderr
+    assert not (tmp_path / "pg").exists()
+
+
+def test_two_workers_share_a_study_and_one_killed_mid_trial_is_retried_by_the_other(tmp_path):
+    """Worker A is killed (SIGKILL) while its trial trains; that trial's run saves on the way (its
+    process follows its worker), goes stale after --grace-period, and worker B fails it, retries it
+    in the same folder from its checkpoint, and finishes the study. No trial runs twice."""
+    folder = tmp_path / "shared"
+    args = [PYTHON, "-m", "launch.cli", *map(str, sweep_args(folder, "--trials", "3", "--grace-period", "4"))]
+    args[args.index("4", args.index("--max-steps"))] = "40"  # long enough to be killed mid-trial
+    env = child_env({})
+    a = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = folder / "trial-0000.log"
+    deadline = time.time() + 120
+    while not (log.exists() and "train:" in log.read_text()) and time.time() < deadline:
+        time.sleep(0.5)
+    a.send_signal(signal.SIGKILL)
+    a.wait()
+    b = run_cli(args, timeout=600)
+    study = study_of(folder)
+    states = sorted(t.state.name for t in study.get_trials())
+    assert states == ["COMPLETE", "COMPLETE", "COMPLETE", "FAIL"], b.stdout
+    killed = next(t for t in study.get_trials() if t.state.name == "FAIL")
+    retry = next(t for t in study.get_trials() if t.system_attrs.get("failed_trial") == killed.number)
+    assert retry.params == killed.params and retry.user_attrs["run_dir"] == str(folder / "trial-0000")
+    assert "resum" in log.read_text().lower()  # the retry continued the killed trial's run
+    run_dirs = [t.user_attrs["run_dir"] for t in study.get_trials() if t.state.name == "COMPLETE"]
+    assert len(set(run_dirs)) == 3
