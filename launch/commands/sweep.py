@@ -34,7 +34,7 @@ from launch.runtime import free_port
 from launch.settings.commands import SweepSettings
 from launch.settings.config import TrainConfig
 from launch.settings.sweep_space import SearchSpace, as_flags, load_space
-from launch.training.trial import TRIAL_ENV, make_pruner, open_storage, redact
+from launch.training.trial import TRIAL_ENV, make_pruner, open_storage, redact, retry_callback
 
 from .sweep_report import SWEEP_FILE, load_sweep_study, write_sweep_report
 
@@ -194,9 +194,7 @@ class Worker:
 
     def trial_folder(self, trial) -> tuple[Path, bool]:
         """The trial's run folder, and whether it continues a failed trial's (a retry resumes it)."""
-        from optuna.storages import RetryFailedTrialCallback
-
-        original = RetryFailedTrialCallback.retried_trial_number(self.study._storage.get_trial(trial._trial_id))
+        original = type(retry_callback()).retried_trial_number(self.study._storage.get_trial(trial._trial_id))
         number = trial.number if original is None else original
         return self.folder / f"trial-{number:04d}", original is not None
 
@@ -260,7 +258,6 @@ class Worker:
             return None
 
     def tell(self, trial, run_dir: Path, code: int | None) -> None:
-        from optuna.storages import RetryFailedTrialCallback
         from optuna.trial import TrialState
 
         summary_file = run_dir / "summary.json"
@@ -269,7 +266,7 @@ class Worker:
             self.study.tell(trial, state=TrialState.FAIL)
             frozen = self.study._storage.get_trial(trial._trial_id)
             if code is None:  # stopped with this worker: queued again, to resume where it saved
-                RetryFailedTrialCallback(max_retry=2)(self.study, frozen)
+                retry_callback()(self.study, frozen)
             self.log(
                 f"sweep: trial {trial.number} {'stopped' if code is None else f'failed (exit {code})'}; "
                 f"its log: {run_dir.parent / (run_dir.name + '.log')}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+import time
 
 from launch.errors import UserError
 from launch.runtime import any_process
@@ -26,24 +26,37 @@ def open_storage(url: str, grace_period: int = 60):
     """Optuna's storage for `url`: an SQLAlchemy URL (with heartbeats, so a dead worker's trial is
     failed and retried) or journal:PATH, a file any number of workers share through its lock."""
     import optuna
-    from optuna.storages import RetryFailedTrialCallback
 
-    retry = RetryFailedTrialCallback(max_retry=2, inherit_intermediate_values=True)
-    try:
-        if url.startswith("journal:"):
-            path = Path(url.removeprefix("journal:"))
-            backend = optuna.storages.journal.JournalFileBackend(str(path))
-            return optuna.storages.JournalStorage(backend)
-        # a worker beats for its trial every grace_period / 6 s; silent for grace_period, it is failed
-        heartbeat = max(1, grace_period // 6)
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=heartbeat, grace_period=grace_period, failed_trial_callback=retry
-        )
-    except Exception as e:  # SQLAlchemy's and the drivers' many errors: each means "cannot use it"
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(
-            f"--storage {redact(url)} cannot be used ({message}); check the URL and that it is reachable"
-        ) from None
+    for attempt in range(3):
+        try:
+            if url.startswith("journal:"):
+                backend = optuna.storages.journal.JournalFileBackend(url.removeprefix("journal:"))
+                return optuna.storages.JournalStorage(backend)
+            # a worker beats for its trial every grace_period / 6 s; silent for grace_period, it is failed
+            heartbeat = max(1, grace_period // 6)
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=heartbeat, grace_period=grace_period, failed_trial_callback=retry_callback()
+            )
+        except Exception as e:  # SQLAlchemy's and the drivers' many errors: each means "cannot use it"
+            error = e
+            # Workers starting together on a fresh database race to create its tables: the loser's
+            # error is a duplicate it can retry past; anything else fails the same way again.
+            if "duplicate key" not in str(e) and "already exists" not in str(e):
+                break
+            time.sleep(1 + attempt)
+    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise UserError(
+        f"--storage {redact(url)} cannot be used ({message}); check the URL and that it is reachable"
+    ) from None
+
+
+def retry_callback(max_retry: int = 2):
+    """Optuna's callback that queues a failed (stale) trial again with its parameters and its reported
+    validations; renamed in Optuna 4.9."""
+    from optuna import storages
+
+    retry = getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
+    return retry(max_retry=max_retry, inherit_intermediate_values=True)
 
 
 def redact(url: str) -> str:

@@ -101,7 +101,7 @@ def test_two_workers_share_a_study_and_one_killed_mid_trial_is_retried_by_the_ot
     in the same folder from its checkpoint, and finishes the study. No trial runs twice."""
     folder = tmp_path / "shared"
     args = [PYTHON, "-m", "launch.cli", *map(str, sweep_args(folder, "--trials", "3", "--grace-period", "4"))]
-    args[args.index("4", args.index("--max-steps"))] = "40"  # long enough to be killed mid-trial
+    args[args.index("4", args.index("--max-steps"))] = "16"  # long enough to be killed mid-trial
     env = child_env({})
     a = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log = folder / "trial-0000.log"
@@ -120,3 +120,52 @@ def test_two_workers_share_a_study_and_one_killed_mid_trial_is_retried_by_the_ot
     assert "resum" in log.read_text().lower()  # the retry continued the killed trial's run
     run_dirs = [t.user_attrs["run_dir"] for t in study.get_trials() if t.state.name == "COMPLETE"]
     assert len(set(run_dirs)) == 3
+
+
+@pytest.fixture
+def postgres_server(tmp_path):
+    """A real PostgreSQL server for this test (initdb, pg_ctl on a free port, trust on 127.0.0.1);
+    skipped where PostgreSQL or psycopg is not installed. As root it runs as the `postgres` user."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    pytest.importorskip("psycopg")
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip("PostgreSQL is not installed (initdb, pg_ctl)")
+    from launch.runtime import free_port
+
+    # the server's own folder, outside pytest's (root-only) tree when the server runs as `postgres`
+    home, port = Path(tempfile.mkdtemp(prefix="gpt-launch-postgres-")), free_port()
+    data, as_user = home / "data", []
+    if os.geteuid() == 0:
+        shutil.chown(home, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    try:
+        run_cli([*as_user, initdb, "-D", data, "-A", "trust", "-U", "postgres"], timeout=120)
+        options = f"-p {port} -k {home} -c listen_addresses=127.0.0.1"
+        run_cli([*as_user, pg_ctl, "-D", data, "-o", options, "-l", home / "server.log", "-w", "start"], timeout=120)
+        run_cli(["createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "sweeps"], timeout=60)
+        yield f"postgresql://postgres@127.0.0.1:{port}/sweeps"
+    finally:
+        if data.exists():
+            run_cli([*as_user, pg_ctl, "-D", data, "-m", "immediate", "stop"], check=False, timeout=60)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_two_workers_share_one_study_on_a_postgresql_server(tmp_path, postgres_server):
+    folder = tmp_path / "on-postgres"
+    args = [PYTHON, "-m", "launch.cli", *map(str, sweep_args(folder, "--trials", "2", "--storage", postgres_server))]
+    workers = [
+        subprocess.Popen(args, cwd=REPO, env=child_env({}), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    study = optuna.load_study(study_name="on-postgres", storage=postgres_server)
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 2
+    assert len({t.user_attrs["run_dir"] for t in trials}) == 2  # no trial ran twice
+    assert all(o.count("sweep: trial") == 2 for o in outputs)  # each worker took one: started, done
