@@ -168,4 +168,4 @@ def test_two_workers_share_one_study_on_a_postgresql_server(tmp_path, postgres_s
     trials = study.get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE"] * 2
     assert len({t.user_attrs["run_dir"] for t in trials}) == 2  # no trial ran twice
-    assert all(o.count("sweep: trial") == 2 for o in outputs)  # each worker took one: started, done
+    assert sum(o.count("(new):") for o in outputs) == 2  # between them, each trial started once
