@@ -27,7 +27,7 @@ from launch.settings.commands import (
     SweepSettings,
 )
 from launch.settings.config import TrainConfig
-from launch.settings.fields import replace_paths
+from launch.settings.fields import flag_of, get_path, leaf_fields, replace_paths
 from launch.settings.options import config_options, given_options
 
 WIDE = {"max_content_width": 110}
@@ -37,7 +37,7 @@ def train_command(
     defaults: TrainConfig | None = None, name: str = "train", help_text: str | None = None, needs: tuple[str, ...] = ()
 ):
     """A click command that trains with `defaults` (a TrainConfig); recipes call this. `needs` names
-    settings the recipe cannot run without (e.g. init_from for fine-tuning)."""
+    settings the recipe cannot run without (init_from for fine-tuning, data.tokenizer)."""
     defaults = defaults or TrainConfig()
 
     @click.command(
@@ -61,8 +61,9 @@ def train_command(
 
         cfg = session_config(defaults, given_options(ctx, params), smoke)
         for needed in needs:
-            if getattr(cfg, needed) is None:
-                raise UserError(f"{name} needs --{needed.replace('_', '-')}; see --help")
+            if get_path(cfg, needed) is None:
+                flag = next(flag_of(f) for dotted, f, _ in leaf_fields(TrainConfig) if dotted == needed)
+                raise UserError(f"{name} needs {flag}; see --help")
         train(cfg)
 
     return command
@@ -96,10 +97,7 @@ def prepare(ctx, **params):
     """Build the token cache of the data settings given (the paper's by default), or check the one
     already built, and print its counts. Run it once before `accelerate launch` on a cluster: every
     rank then reads the cache instead of waiting for one of them to build it.
-
-    \\b
-    gpt-launch prepare --data stories/ --data-workers 16
-    """
+    E.g. gpt-launch prepare --data stories/ --data-workers 16"""
     from launch.data.prepare import prepare_or_verify
 
     cfg = replace_paths(TrainConfig(), given_options(ctx, params))

@@ -377,12 +377,14 @@ def saved_run_config(run_dir: Path) -> TrainConfig | None:
 
 
 def smoke_config(base: TrainConfig | None = None) -> TrainConfig:
-    """The `--smoke` run: a small model, the shipped stories, a few steps; every stage exercised."""
+    """The `--smoke` run: a small model (a recipe's own preset when it is no wider than `small`, e.g.
+    llama-small), the shipped stories, a few steps; every stage exercised."""
     base = base or TrainConfig()
+    small = base.preset is not None and get_preset(base.preset).d_model <= get_preset("small").d_model
     return dataclasses.replace(
         base,
         data=dataclasses.replace(base.data, source=str(SMOKE_DATA)),
-        preset="small",
+        preset=base.preset if small else "small",
         batch_size=2,
         grad_accum=2,
         epochs=8,

@@ -465,3 +465,22 @@ def test_same_seed_same_losses_bit_for_bit(tmp_path, straight):
     assert outcome(tmp_path / "again") == straight
     train(tmp_path / "other", *REFERENCE, "--seed", "7")
     assert outcome(tmp_path / "other") != straight
+
+
+def test_the_llama_recipe_trains_llama_small_with_muon_and_needs_a_story_tokenizer(tmp_path, story_tokenizer):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("llama_stories", REPO / "recipes" / "llama_stories.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    from launch.cli import train_command
+
+    command = train_command(recipe.RECIPE, name="llama_stories", needs=("data.tokenizer",))
+    refused = invoke("--smoke", "--output-dir", tmp_path / "none", command=command)
+    assert refused.exit_code == 2 and "llama_stories needs --tokenizer" in refused.stderr
+    out = tmp_path / "run"
+    options = ["--smoke", "--tokenizer", story_tokenizer, "--output-dir", out, "--data-cache", tmp_path / "cache"]
+    invoke(*options, "--max-steps", "2", "--sample-tokens", "4", command=command, check=True)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["optimizer"] == "muon" and summary["model"]["positions"] == "rope"
+    assert summary["model"]["vocab_size"] == 512 and summary["model"]["n_kv_head"] == 2
