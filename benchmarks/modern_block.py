@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.story_tokenizer import RECIPE, SCHEDULED_SHARE, cli, tokens_per_second
+from benchmarks.story_tokenizer import RECIPE, SCHEDULED_SHARE, cli, last_checkpoint_figures, tokens_per_second
 from gpt_core import get_preset
 
 # name -> (changes to `small`, or a preset's name; extra train flags)
@@ -109,14 +108,7 @@ def prepare(args, work: Path) -> dict:
 
 def score(r: dict, args, work: Path) -> None:
     """The last checkpoint on the whole validation split, the logged curve, the speed and a sample."""
-    last = sorted((r["run_dir"] / "checkpoints").glob("step-*"))[-1]
-    out = work / f"validation-{r['run_dir'].name}.json"
-    cli("evaluate", str(last), "--split", "validation", "--json-out", str(out), log=work / "bench.log")
-    metrics = json.loads(out.read_text())
-    generate = ["generate", str(last), "--seed", str(args.seed), "--max-tokens", "120"]
-    sample = subprocess.run(
-        [sys.executable, "-m", "launch.cli", *generate], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    last, metrics, sample = last_checkpoint_figures(r["run_dir"], work, args.seed, 120)
     rows = [json.loads(line) for line in (r["run_dir"] / "metrics.jsonl").read_text().splitlines() if line.strip()]
     steps = int(last.name.split("-")[1])
     r.update(

@@ -156,17 +156,23 @@ def train_interleaved(results: dict, args) -> None:
             print(f"{name}: round {round_ + 1} done", file=sys.stderr)
 
 
+def last_checkpoint_figures(run_dir: Path, work: Path, seed: int, sample_tokens: int) -> tuple[Path, dict, str]:
+    """A run's last checkpoint, its metrics on the whole validation split (`gpt-launch evaluate`),
+    and a sample story from it (`gpt-launch generate`, seeded)."""
+    last = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
+    out = work / f"validation-{run_dir.name}.json"
+    cli("evaluate", str(last), "--split", "validation", "--json-out", str(out), log=work / "bench.log")
+    generate = ["generate", str(last), "--seed", str(seed), "--max-tokens", str(sample_tokens)]
+    sample = subprocess.run(
+        [sys.executable, "-m", "launch.cli", *generate], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return last, json.loads(out.read_text()), sample
+
+
 def measure(results: dict, args) -> None:
     """Each run's last checkpoint on the whole validation split, its speed, and a sample story."""
     for r in results.values():
-        last = sorted((r["run_dir"] / "checkpoints").glob("step-*"))[-1]
-        out = Path(args.work) / f"validation-{r['run_dir'].name}.json"
-        cli("evaluate", str(last), "--split", "validation", "--json-out", str(out), log=Path(args.work) / "bench.log")
-        metrics = json.loads(out.read_text())
-        generate = ["generate", str(last), "--seed", str(args.seed), "--max-tokens", "200"]
-        sample = subprocess.run(
-            [sys.executable, "-m", "launch.cli", *generate], capture_output=True, text=True, check=True
-        ).stdout.strip()
+        last, metrics, sample = last_checkpoint_figures(r["run_dir"], Path(args.work), args.seed, 200)
         speed = tokens_per_second(r["run_dir"])
         r.update(
             steps=int(last.name.split("-")[1]),
