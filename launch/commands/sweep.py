@@ -80,13 +80,7 @@ def sampler_for(settings: SweepSettings, trial_number: int):
 
 def open_study(settings: SweepSettings, folder: Path, record: dict):
     """The study, created by the first worker; a later one must bring the same space and flags."""
-    import warnings
-
     import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
     url = settings.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
     storage = open_storage(url, settings.grace_period)

@@ -10,6 +10,7 @@ checkpoint saved) whose stop reason says it was pruned.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import time
@@ -25,7 +26,15 @@ TRIAL_ENV = "GPT_LAUNCH_TRIAL"
 def open_storage(url: str, grace_period: int = 60):
     """Optuna's storage for `url`: an SQLAlchemy URL (with heartbeats, so a dead worker's trial is
     failed and retried) or journal:PATH, a file any number of workers share through its lock."""
+    import warnings
+
     import optuna
+
+    # Heartbeats and their retry are "experimental" to Optuna since 2.8, and said to belong to
+    # Study.optimize: our workers keep the heartbeat themselves (launch/commands/sweep.py).
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     for attempt in range(3):
         try:
@@ -34,9 +43,9 @@ def open_storage(url: str, grace_period: int = 60):
                 return optuna.storages.JournalStorage(backend)
             # a worker beats for its trial every grace_period / 6 s; silent for grace_period, it is failed
             heartbeat = max(1, grace_period // 6)
-            return optuna.storages.RDBStorage(
-                url, heartbeat_interval=heartbeat, grace_period=grace_period, failed_trial_callback=retry_callback()
-            )
+            renamed = "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters
+            callback = {"heartbeat_stale_trial_callback" if renamed else "failed_trial_callback": retry_callback()}
+            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=grace_period, **callback)
         except Exception as e:  # SQLAlchemy's and the drivers' many errors: each means "cannot use it"
             error = e
             # Workers starting together on a fresh database race to create its tables: the loser's
@@ -52,7 +61,7 @@ def open_storage(url: str, grace_period: int = 60):
 
 def retry_callback(max_retry: int = 2):
     """Optuna's callback that queues a failed (stale) trial again with its parameters and its reported
-    validations; renamed in Optuna 4.9."""
+    validations; renamed in Optuna 4.9 (as is the storage's argument that takes it)."""
     from optuna import storages
 
     retry = getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
