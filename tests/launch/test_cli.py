@@ -83,9 +83,9 @@ def test_a_bad_input_is_one_line_before_any_work(run_dir, tmp_path, args, words)
 
 
 def test_a_transformers_folder_of_another_architecture_says_which_ones_are_read(tmp_path):
-    folder = tmp_path / "llama"
+    folder = tmp_path / "neox"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"]}))
     (folder / "model.safetensors").write_bytes(b"")
     for args in (
         ["generate", folder],
@@ -93,9 +93,9 @@ def test_a_transformers_folder_of_another_architecture_says_which_ones_are_read(
         ["train", "--init-from", folder, "--output-dir", tmp_path / "r"],
     ):
         line = bad_input(
-            tmp_path, *args, words="a transformers LlamaForCausalLM model, an architecture gpt_core does not"
+            tmp_path, *args, words="a transformers GPTNeoXForCausalLM model, an architecture gpt_core does not"
         )
-        assert "GPT2LMHeadModel" in line and len(line) < 300
+        assert "GPT2LMHeadModel" in line and "LlamaForCausalLM" in line and len(line) < 300
 
 
 def test_read_only_targets_are_one_line_before_any_work(run_dir, tmp_path, immutable):
