@@ -38,6 +38,7 @@ from launch.training.trial import TRIAL_ENV, make_pruner, open_storage, redact, 
 
 from .sweep_report import SWEEP_FILE, load_sweep_study, write_sweep_report
 
+MAX_FAILURES_IN_A_ROW = 3  # then the worker stops: a broken flag or space fails every trial alike
 SET_BY_THE_SWEEP = ("output_dir", "resume", "overwrite", "run_name")
 
 
@@ -64,7 +65,9 @@ def fixed_config(train_args: list[str], space: SearchSpace, command) -> TrainCon
     both = sorted({d.name for d in space.dimensions} & set(given))
     if both:
         raise UserError(f"{', '.join(both)} is both in SPACE and a fixed flag; keep it in one place")
-    return session_config(TrainConfig(), given, smoke)
+    base = session_config(TrainConfig(), given, smoke)
+    space.check(base)
+    return base
 
 
 def sampler_for(settings: SweepSettings, trial_number: int):
@@ -167,8 +170,14 @@ class Worker:
         import optuna
 
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        failures_in_a_row = 0
         try:
             while not self.stop_requested:
+                if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+                    raise UserError(
+                        f"{failures_in_a_row} trials in a row failed (their logs: {self.folder}/trial-*.log); "
+                        "fix what they say, then start the sweep again: the study continues"
+                    )
                 optuna.storages.fail_stale_trials(self.study)  # a dead worker's trial: failed, then queued again
                 done, running = self.counts()
                 if done >= self.s.trials:
@@ -178,9 +187,14 @@ class Worker:
                     continue
                 self.study.sampler = sampler_for(self.s, len(self.study.get_trials(deepcopy=False)))
                 trial = self.study.ask()
-                self.run_trial(trial)
+                failed = self.run_trial(trial)
+                failures_in_a_row = failures_in_a_row + 1 if failed else 0
+        except KeyboardInterrupt:  # between trials: nothing of a trial to save
+            self.stop_requested = True
         finally:
             signal.signal(signal.SIGTERM, previous)
+        if self.stop_requested:
+            self.log("sweep: this worker stopped; start the same command again to continue the study")
 
     def _on_sigterm(self, signum, frame) -> None:
         self.stop_requested = True
@@ -201,7 +215,8 @@ class Worker:
         launcher = ["accelerate", "launch", "-q", "--multi_gpu", "--num_processes", str(self.s.processes)]
         return [*launcher, "--main_process_port", str(free_port()), *train]
 
-    def run_trial(self, trial) -> None:
+    def run_trial(self, trial) -> bool:
+        """Run one trial and tell the study how it ended; True when it failed."""
         from optuna.trial import TrialState
 
         run_dir, retry = self.trial_folder(trial)
@@ -210,7 +225,7 @@ class Worker:
         except UserError as e:
             self.study.tell(trial, state=TrialState.FAIL)
             self.log(f"sweep: trial {trial.number} failed: {e}")
-            return
+            return True
         command = self.command(trial, values, run_dir, retry)
         trial.set_user_attr("command", " ".join(["gpt-launch", *command[command.index("train") :]]))
         trial.set_user_attr("run_dir", str(run_dir))
@@ -232,7 +247,7 @@ class Worker:
                 command, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
             )
             code = self.wait(process, trial)
-        self.tell(trial, run_dir, code)
+        return self.tell(trial, run_dir, code)
 
     def wait(self, process: subprocess.Popen, trial) -> int | None:
         """The trial's exit code, beating its heartbeat meanwhile; None when this worker was stopped."""
@@ -251,7 +266,8 @@ class Worker:
             process.wait()
             return None
 
-    def tell(self, trial, run_dir: Path, code: int | None) -> None:
+    def tell(self, trial, run_dir: Path, code: int | None) -> bool:
+        """Tell the study how the trial ended; True when it failed (not when this worker stopped it)."""
         from optuna.trial import TrialState
 
         summary_file = run_dir / "summary.json"
@@ -265,14 +281,15 @@ class Worker:
                 f"sweep: trial {trial.number} {'stopped' if code is None else f'failed (exit {code})'}; "
                 f"its log: {run_dir.parent / (run_dir.name + '.log')}"
             )
-            return
+            return code is not None
         if str(summary.get("stop_reason", "")).startswith("pruned"):
             self.study.tell(trial, state=TrialState.PRUNED)
             self.log(f"sweep: trial {trial.number} {summary['stop_reason']}")
-            return
+            return False
         value = summary["best_validation"][self.s.objective]
         self.study.tell(trial, value)
         self.log(f"sweep: trial {trial.number} done: best validation {self.s.objective} {value:.4f}")
+        return False
 
 
 def _die_with_parent() -> None:

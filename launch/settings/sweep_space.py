@@ -86,16 +86,27 @@ class SearchSpace:
         """This trial's settings {field: value}, sampled from `trial`, with --grad-accum kept at the
         base's tokens per step where batch_size asks it."""
         values = {d.name: d.suggest(trial) for d in self.dimensions}
-        keep = next((d for d in self.dimensions if d.keep_tokens_per_step), None)
-        if keep is not None:
-            rows = (base.batch_size if isinstance(base.batch_size, int) else 2) * base.grad_accum
-            if rows % values["batch_size"]:
-                raise UserError(
-                    f"batch_size {values['batch_size']} does not divide the {rows} rows per update of the fixed "
-                    "flags (--batch-size x --grad-accum); choose batch sizes that do"
-                )
-            values["grad_accum"] = rows // values["batch_size"]
+        if any(d.keep_tokens_per_step for d in self.dimensions):
+            values["grad_accum"] = self.rows_per_update(base) // values["batch_size"]
         return values
+
+    def check(self, base: TrainConfig) -> None:
+        """What only the fixed flags can tell: every batch size that keeps the tokens per step divides
+        the rows per update (checked before the study starts, not trial by trial)."""
+        keep = next((d for d in self.dimensions if d.keep_tokens_per_step), None)
+        if keep is None:
+            return
+        rows = self.rows_per_update(base)
+        wrong = [c for c in keep.choices if not isinstance(c, int) or rows % c]
+        if wrong:
+            raise UserError(
+                f"SPACE: batch_size {wrong} do not divide the {rows} rows per update of the fixed flags "
+                "(--batch-size x --grad-accum); choose batch sizes that do"
+            )
+
+    @staticmethod
+    def rows_per_update(base: TrainConfig) -> int:
+        return (base.batch_size if isinstance(base.batch_size, int) else 2) * base.grad_accum
 
 
 def _number(value, name: str, what: str) -> float:

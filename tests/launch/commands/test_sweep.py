@@ -169,3 +169,11 @@ def test_two_workers_share_one_study_on_a_postgresql_server(tmp_path, postgres_s
     assert [t.state.name for t in trials] == ["COMPLETE"] * 2
     assert len({t.user_attrs["run_dir"] for t in trials}) == 2  # no trial ran twice
     assert sum(o.count("(new):") for o in outputs) == 2  # between them, each trial started once
+
+
+def test_trials_that_all_fail_stop_the_worker_in_one_line(tmp_path):
+    """Fixed flags every trial fails on (stories that are not there): three failures in a row end the
+    worker with one line, instead of drawing failing trials for ever."""
+    result = invoke(*sweep_args(tmp_path / "failing", "--trials", "4"), "--data", tmp_path / "missing.jsonl")
+    assert result.exit_code == 2 and "3 trials in a row failed" in result.stderr
+    assert [t.state.name for t in study_of(tmp_path / "failing").get_trials()] == ["FAIL"] * 3

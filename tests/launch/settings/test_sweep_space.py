@@ -66,3 +66,10 @@ def test_a_missing_or_broken_space_file_is_one_line(tmp_path):
     (tmp_path / "bad.yaml").write_text("lr: {low: [\n")
     with pytest.raises(UserError, match="is not valid YAML"):
         load_space(str(tmp_path / "bad.yaml"))
+
+
+def test_batch_sizes_that_cannot_keep_the_tokens_per_step_are_refused_before_the_study():
+    space = parse_space({"batch_size": {"choices": [3, 4], "keep_tokens_per_step": True}}, "SPACE s.yaml")
+    with pytest.raises(UserError, match=r"batch_size \[3\] do not divide the 16 rows per update"):
+        space.check(TrainConfig(batch_size=4, grad_accum=4))
+    space.check(TrainConfig(batch_size=4, grad_accum=3))  # 12 rows: 3 and 4 both divide
