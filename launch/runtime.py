@@ -184,6 +184,14 @@ def cpu_bf16_speedup() -> float:
     return measure_matmul_peak(cpu, torch.bfloat16, (512,)) / measure_matmul_peak(cpu, torch.float32, (512,))
 
 
+def cpu_bf16_line(features: list[str], speedup: float) -> str:
+    """The line `info` and `bench` print of this CPU's bf16 hardware and what it measured."""
+    return (
+        f"bf16 matrix hardware: {', '.join(features) or 'none (no AMX, AVX-512 BF16)'}; "
+        f"bf16 matmul {speedup:.2f}x fp32 (measured)"
+    )
+
+
 # A step is more than its matrix products: with them 6.7x faster in bf16, a `paper` step was 1.44x
 # (issue 34's AMX machine). Below 2x the gain would be lost in the rest, so nothing is advised.
 BF16_ADVICE_FACTOR = 2.0

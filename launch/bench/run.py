@@ -10,6 +10,7 @@ import torch
 from gpt_core import get_preset
 from launch.runtime import (
     cpu_bf16_features,
+    cpu_bf16_line,
     cpu_bf16_speedup,
     cpu_precision_advice,
     device_name,
@@ -129,11 +130,7 @@ def format_table(r: dict) -> str:
     ]
     if "cpu_bf16" in r:
         cpu = r["cpu_bf16"]
-        lines.insert(
-            2,
-            f"bf16 matrix hardware: {', '.join(cpu['features']) or 'none (no AMX, AVX-512 BF16)'}; "
-            f"bf16 matmul {cpu['matmul_speedup']:.2f}x fp32 (measured)",
-        )
+        lines.insert(2, cpu_bf16_line(cpu["features"], cpu["matmul_speedup"]))
         if cpu["advice"]:
             lines.insert(3, cpu["advice"])
     if r["compile"]:

@@ -22,7 +22,6 @@ import shutil
 from pathlib import Path
 
 from gpt_core import Tokenizer, load_pretrained, save_hf
-from gpt_core.config import GPTConfig
 from gpt_core.files import write_json
 from gpt_core.hf import architecture
 from gpt_core.tokenizer import EOT, GPT2_VOCAB_SIZE, byte_level_bpe, gpt2_files
@@ -153,7 +152,7 @@ def model_card(summary: RunSummary, name: str, license: str, tokenizer: Tokenize
     import yaml
 
     m, cfg = summary.model, summary.config
-    model = GPTConfig.from_dict(m, ignore_unknown=True)
+    model = summary.model_config()
     source = cfg["data"]["source"]
     samples = [f"> **{s['prompt']}**{s['text']}".replace("\n", "\n> ") for s in summary.samples]
     lines = [
@@ -227,8 +226,7 @@ def _card_results(summary: RunSummary, samples: list[str], with_curves: bool, to
         "",
         "## How to load it",
         "",
-        f"With transformers (a stock `{architecture(GPTConfig.from_dict(summary.model, ignore_unknown=True))[1]}`, "
-        "no custom code):",
+        f"With transformers (a stock `{architecture(summary.model_config())[1]}`, no custom code):",
         "",
         "```python",
         "from transformers import pipeline",

@@ -8,7 +8,7 @@ import json
 from gpt_core import get_preset, load_pretrained
 from launch.bench.measure import measure_our_training
 from launch.checkpoints.folders import resolve_weights
-from launch.runtime import cpu_bf16_features, cpu_bf16_speedup, cpu_precision_advice, resolve_device
+from launch.runtime import cpu_bf16_features, cpu_bf16_line, cpu_bf16_speedup, cpu_precision_advice, resolve_device
 from launch.settings.commands import InfoSettings
 from launch.settings.config import default_batch_size
 
@@ -33,7 +33,6 @@ def describe(checkpoint: str | None, s: InfoSettings) -> list[str]:
         f"estimated time per epoch of {epoch_tokens:,} tokens: {epoch_tokens / tokens_per_s / 3600:.2f} h",
     ]
     if dev.type == "cpu":
-        features = ", ".join(cpu_bf16_features()) or "none (no AMX, AVX-512 BF16)"
-        lines.append(f"bf16 matrix hardware: {features}; bf16 matmul {cpu_bf16_speedup():.2f}x fp32 (measured)")
+        lines.append(cpu_bf16_line(cpu_bf16_features(), cpu_bf16_speedup()))
         lines += [advice] if (advice := cpu_precision_advice("no")) else []
     return lines

@@ -19,6 +19,7 @@ default storage), trial-NNNN/ (a run folder each) and report/ (see sweep_report.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -33,6 +34,7 @@ from launch.errors import UserError, check_writable
 from launch.runtime import free_port
 from launch.settings.commands import SweepSettings
 from launch.settings.config import TrainConfig
+from launch.settings.fields import flag_of
 from launch.settings.sweep_space import SearchSpace, as_flags, load_space
 from launch.training.trial import TRIAL_ENV, make_pruner, open_storage, redact, retry_callback
 
@@ -58,7 +60,7 @@ def fixed_config(train_args: list[str], space: SearchSpace, command) -> TrainCon
     given = given_options(ctx, params)
     for name in SET_BY_THE_SWEEP:
         if name in given:
-            flag = "--" + name.replace("_", "-")
+            flag = flag_of(next(f for f in dataclasses.fields(TrainConfig) if f.name == name))
             raise UserError(
                 f"{flag} is the sweep's to set (each trial is a folder under its --output-dir); leave it out"
             )
@@ -158,13 +160,13 @@ class Worker:
         self.train_args, self.folder, self.log = train_args, folder, log
         self.stop_requested = False
 
-    def counts(self) -> tuple[int, int]:
-        """Trials done (complete or pruned) and running; queued ones (a retry) are the next to ask."""
+    def counts(self) -> tuple[int, int, int]:
+        """Trials done (complete or pruned), running, and in all; queued ones (a retry) are the next to ask."""
         from optuna.trial import TrialState
 
         trials = self.study.get_trials(deepcopy=False)
         done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-        return done, sum(t.state is TrialState.RUNNING for t in trials)
+        return done, sum(t.state is TrialState.RUNNING for t in trials), len(trials)
 
     def run(self) -> None:
         import optuna
@@ -179,13 +181,13 @@ class Worker:
                         "fix what they say, then start the sweep again: the study continues"
                     )
                 optuna.storages.fail_stale_trials(self.study)  # a dead worker's trial: failed, then queued again
-                done, running = self.counts()
+                done, running, total = self.counts()
                 if done >= self.s.trials:
                     break
                 if done + running >= self.s.trials:  # the rest are others' (or a dead worker's, soon stale)
                     time.sleep(max(1.0, self.s.grace_period / 6))
                     continue
-                self.study.sampler = sampler_for(self.s, len(self.study.get_trials(deepcopy=False)))
+                self.study.sampler = sampler_for(self.s, total)
                 trial = self.study.ask()
                 failed = self.run_trial(trial)
                 failures_in_a_row = failures_in_a_row + 1 if failed else 0

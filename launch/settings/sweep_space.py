@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gpt_core.errors import first_line
 from launch.errors import UserError
 
-from .config import TrainConfig
+from .config import TrainConfig, default_batch_size
 from .fields import flag_of
 
 # train settings that say where and how a run is kept, not how it trains: a sweep sets them itself
@@ -106,7 +107,10 @@ class SearchSpace:
 
     @staticmethod
     def rows_per_update(base: TrainConfig) -> int:
-        return (base.batch_size if isinstance(base.batch_size, int) else 2) * base.grad_accum
+        from launch.runtime import resolve_device
+
+        batch = base.batch_size if isinstance(base.batch_size, int) else default_batch_size(resolve_device().type)
+        return batch * base.grad_accum
 
 
 def _number(value, name: str, what: str) -> float:
@@ -197,7 +201,7 @@ def load_space(path: str) -> SearchSpace:
     except (IsADirectoryError, UnicodeDecodeError):
         raise UserError(f"SPACE {path} is not a YAML file; pass the search space file") from None
     except yaml.YAMLError as e:
-        raise UserError(f"SPACE {path} is not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
+        raise UserError(f"SPACE {path} is not valid YAML ({first_line(e)}); fix the file") from None
     return parse_space(data, f"SPACE {path}")
 
 

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gpt_core.config import GPTConfig
 from gpt_core.files import write_json
 from launch.errors import UserError
 
@@ -52,6 +53,10 @@ class RunSummary:
             )
         except (ValueError, TypeError) as e:
             raise UserError(f"{path} is not a run summary ({e}); run the training again to rewrite it") from None
+
+    def model_config(self) -> GPTConfig:
+        """The run's model, from the GPTConfig fields among `model`'s."""
+        return GPTConfig.from_dict(self.model, ignore_unknown=True)
 
     def rows(self) -> list[tuple[str, str]]:
         """The run at a glance, as (label, value) rows: the report, the W&B report and the model card share them."""

@@ -15,6 +15,7 @@ import json
 import os
 import time
 
+from gpt_core.errors import first_line
 from launch.errors import UserError
 from launch.runtime import any_process
 
@@ -53,9 +54,8 @@ def open_storage(url: str, grace_period: int = 60):
             if "duplicate key" not in str(e) and "already exists" not in str(e):
                 break
             time.sleep(1 + attempt)
-    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     raise UserError(
-        f"--storage {redact(url)} cannot be used ({message}); check the URL and that it is reachable"
+        f"--storage {redact(url)} cannot be used ({first_line(error)}); check the URL and that it is reachable"
     ) from None
 
 
