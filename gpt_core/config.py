@@ -18,6 +18,48 @@ class ConfigError(ValueError):
     """A model configuration that cannot work; the message names the field and the fix."""
 
 
+# A field's declared type (as written in GPTConfig), what a value of it must be, and how to say so.
+_TYPES = {
+    "bool": (lambda v: isinstance(v, bool), "a JSON boolean (true or false)"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "None": (lambda v: v is None, "null"),
+}
+
+
+def _type_problems(config) -> list[str]:
+    """Each field whose value is not of its declared type: a config read from JSON or YAML can hold
+    anything, and `"false"` is a true string."""
+    problems = []
+    for f in dataclasses.fields(config):
+        kinds, value = f.type.replace(" ", "").split("|"), getattr(config, f.name)
+        if not any(_TYPES[kind][0](value) for kind in kinds):
+            problems.append(f"{f.name} must be {' or '.join(_TYPES[k][1] for k in kinds)}, got {value!r}")
+    return problems
+
+
+def read_config_json(path: str | Path) -> dict:
+    """A config.json's object; anything else is a ConfigError saying how to mend the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"model config {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"model config {path} is a folder; pass its config.json (a JSON file)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"model config {path} is not a text file; pass a JSON file of model fields") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(
+            f"model config {path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); mend it there "
+            '(one JSON object of model fields, e.g. {"n_layer": 6, "qk_norm": false}) or put back a good copy'
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f'model config {path} must hold one JSON object of model fields, e.g. {{"n_layer": 6}}')
+    return data
+
+
 @dataclass(frozen=True)
 class GPTConfig:
     vocab_size: int = GPT2_VOCAB_SIZE
@@ -52,7 +94,9 @@ class GPTConfig:
     bias: bool = True  # biases in the linear layers and the LayerNorms
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = _type_problems(self)
+        if problems:  # a JSON "false" is a true string: nothing below may read a value of the wrong type
+            raise ConfigError("invalid model config: " + "; ".join(problems))
         for name in ("vocab_size", "context_length", "n_layer", "n_head", "d_model", "d_ff"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -169,18 +213,11 @@ class GPTConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> GPTConfig:
-        path = Path(path)
+        data = read_config_json(path)
         try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"model config {path} does not exist") from None
-        except IsADirectoryError:
-            raise ConfigError(f"model config {path} is a folder; pass its config.json (a JSON file)") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"model config {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"model config {path} must hold a JSON object")
-        return cls.from_dict(data)
+            return cls.from_dict(data)
+        except (ConfigError, TypeError) as e:
+            raise ConfigError(f"model config {path}: {e}") from None
 
     def replace(self, **changes) -> GPTConfig:
         return dataclasses.replace(self, **changes)

@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file
 
 from . import hf
-from .config import ConfigError, GPTConfig
+from .config import ConfigError, GPTConfig, read_config_json
 from .errors import first_line
 from .model import GPT
 from .tokenizer import Tokenizer
@@ -74,17 +74,20 @@ def read_config(folder: Path) -> tuple[GPTConfig, bool]:
     """The folder's model config, and whether it is in transformers' format."""
     config_file = folder / CONFIG_NAME
     try:
-        data = json.loads(config_file.read_text())
-        if isinstance(data, dict) and hf.is_hf_config(data):
+        data = read_config_json(config_file)
+    except ConfigError as e:  # names the file and how to mend it
+        raise CheckpointError(str(e)) from None
+    try:
+        if hf.is_hf_config(data):
             return hf.config_from_hf(data), True
-        if isinstance(data, dict) and ("model_type" in data or "architectures" in data):
+        if "model_type" in data or "architectures" in data:
             found = ", ".join(data.get("architectures") or [str(data.get("model_type"))])
             readable = ", ".join(hf.READABLE)
             raise CheckpointError(
                 f"{config_file}: a transformers {found} model, an architecture gpt_core does not read; use a "
                 f"{readable} folder, or weights gpt_core saved"
             )
-        return GPTConfig.load(config_file), False
+        return GPTConfig.from_dict(data), False
     except CheckpointError:
         raise
     except (ConfigError, ValueError, KeyError, TypeError) as e:

@@ -204,3 +204,13 @@ def test_a_context_longer_than_the_data_names_the_real_setting(tmp_path):
     result = train(tmp_path / "run", "--model-config", tmp_path / "model.json", check=False)
     one_error_line(result, "a shorter context_length in a --model-config file")
     assert "--context " not in result.stderr
+
+
+def test_a_model_config_field_of_the_wrong_type_is_one_line_naming_field_and_file(tmp_path):
+    from gpt_core import get_preset
+
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps({**get_preset("tiny").to_dict(), "qk_norm": "false"}))
+    result = train_here(tmp_path / "run", "--model-config", path, "--data-cache", tmp_path / "cache", check=False)
+    one_error_line(result, f"model config {path}: invalid model config: qk_norm must be a JSON boolean")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
