@@ -190,3 +190,15 @@ def launch_two(*flags: str, precision: str = "no") -> list[str]:
         *port,
         *flags,
     ]
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """Every file under `folder` (relative path -> sha256): equal digests mean nothing was written."""
+    import hashlib
+
+    folder = Path(folder)
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }

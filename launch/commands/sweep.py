@@ -98,15 +98,37 @@ def open_study(settings: SweepSettings, folder: Path, record: dict):
         pruner=make_pruner(settings.pruner, settings.prune_after),
     )
     saved = study.user_attrs.get("sweep")
+    if saved is not None:  # studies started before --trials could grow kept it here
+        saved = {k: v for k, v in saved.items() if k != "trials"}
     if saved is None:
         study.set_user_attr("sweep", record)
     elif saved != record:
         changed = sorted(k for k in record if saved.get(k) != record[k])
         raise UserError(
             f"study {name!r} was started with other {', '.join(changed)} (a trial must stay comparable and resumable); "
-            "use the same SPACE and flags, or a new --study-name"
+            "use the same SPACE and flags, or a new --study-name with its own --output-dir"
         )
     return study, url
+
+
+def check_folder_study(folder: Path, name: str) -> None:
+    """A sweep's folder holds one study: its trial folders are numbered by that study's trials, so a
+    second study there would run its trial 0 in the first one's trial-0000."""
+    try:
+        recorded = json.loads((folder / SWEEP_FILE).read_text()).get("study")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    trials = sorted(p.name for p in folder.glob("trial-*")) if folder.is_dir() else []
+    if recorded is None and trials:
+        raise UserError(
+            f"--output-dir {folder} already holds trial folders ({trials[0]}, ...) but no {SWEEP_FILE}; "
+            "give the sweep a new --output-dir"
+        )
+    if recorded is not None and recorded != name:
+        raise UserError(
+            f"--output-dir {folder} holds study {recorded!r}; a study {name!r} needs a folder of its own: "
+            f"give a new --output-dir (or --study-name {recorded} to continue that study)"
+        )
 
 
 def sweep_command(space: str | None, settings: SweepSettings, train_args: list[str], train, log=print) -> None:
@@ -132,11 +154,11 @@ def run_sweep(space_path: str, settings: SweepSettings, train_args: list[str], t
     check_writable(folder, "--output-dir")
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    record = {
+    check_folder_study(folder, settings.study_name or folder.resolve().name)
+    record = {  # what a later worker must bring alike; --trials is the study's target, which may grow
         "space": space.source,
         "train_args": list(train_args),
         "objective": settings.objective,
-        "trials": settings.trials,
         "sampler": settings.sampler,
         "sampler_seed": settings.sampler_seed,
         "pruner": settings.pruner,
@@ -148,7 +170,9 @@ def run_sweep(space_path: str, settings: SweepSettings, train_args: list[str], t
         if created:  # nothing left behind by a study that could not start
             shutil.rmtree(folder, ignore_errors=True)
         raise
-    write_json(folder / SWEEP_FILE, {**record, "study": study.study_name, "storage": redact(url)})
+    write_json(
+        folder / SWEEP_FILE, {**record, "trials": settings.trials, "study": study.study_name, "storage": redact(url)}
+    )
     worker = Worker(study, url, settings, space, base, list(train_args), folder, log)
     worker.run()
     return write_sweep_report(folder, study)
@@ -173,6 +197,12 @@ class Worker:
 
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         failures_in_a_row = 0
+        done = self.counts()[0]
+        if done >= self.s.trials:
+            self.log(
+                f"sweep: study {self.study.study_name!r} already has {done} finished trial(s), --trials is "
+                f"{self.s.trials}: none to run (a larger --trials continues the study)"
+            )
         try:
             while not self.stop_requested:
                 if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
@@ -202,15 +232,15 @@ class Worker:
         self.stop_requested = True
         raise KeyboardInterrupt
 
-    def trial_folder(self, trial) -> tuple[Path, bool]:
-        """The trial's run folder, and whether it continues a failed trial's (a retry resumes it)."""
+    def trial_number(self, trial) -> tuple[int, bool]:
+        """The number the trial runs under (a retry: the failed trial's, whose folder it resumes), and
+        whether it is a retry."""
         original = type(retry_callback()).retried_trial_number(self.study._storage.get_trial(trial._trial_id))
-        number = trial.number if original is None else original
-        return self.folder / f"trial-{number:04d}", original is not None
+        return (trial.number, False) if original is None else (original, True)
 
-    def command(self, trial, values: dict, run_dir: Path, retry: bool) -> list[str]:
+    def command(self, number: int, values: dict, run_dir: Path, retry: bool) -> list[str]:
         train = ["-m", "launch.cli", "train", *self.train_args, *as_flags(values), "--output-dir", str(run_dir)]
-        train += ["--run-name", f"{self.study.study_name}-trial-{trial.number}"]
+        train += ["--run-name", f"{self.study.study_name}-trial-{number}"]
         train += ["--resume", "auto"] if retry else ["--overwrite"]
         if self.s.processes == 1:
             return [sys.executable, *train]
@@ -221,14 +251,15 @@ class Worker:
         """Run one trial and tell the study how it ended; True when it failed."""
         from optuna.trial import TrialState
 
-        run_dir, retry = self.trial_folder(trial)
+        number, retry = self.trial_number(trial)
+        run_dir = self.folder / f"trial-{number:04d}"
         try:
             values = self.space.suggest(trial, self.base)
         except UserError as e:
             self.study.tell(trial, state=TrialState.FAIL)
             self.log(f"sweep: trial {trial.number} failed: {e}")
             return True
-        command = self.command(trial, values, run_dir, retry)
+        command = self.command(number, values, run_dir, retry)
         trial.set_user_attr("command", " ".join(["gpt-launch", *command[command.index("train") :]]))
         trial.set_user_attr("run_dir", str(run_dir))
         self.log(

@@ -230,3 +230,6 @@ class SweepSettings:
         at_least=2,
     )
     report: bool = setting(False, "Only write the report of --output-dir's study (best trial, table, plots).")
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # counts and seconds in their bounds, before any storage is opened

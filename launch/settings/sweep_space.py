@@ -128,6 +128,9 @@ def _dimension(name: str, spec, where: str) -> Dimension:
     unknown = set(spec) - {"low", "high", "log", "step", "choices", "keep_tokens_per_step"}
     if unknown:
         raise UserError(f"{where}: {name} has unknown keys {sorted(unknown)}; use low, high, log, step or choices")
+    for switch in ("log", "keep_tokens_per_step"):
+        if switch in spec and not isinstance(spec[switch], bool):
+            raise UserError(f"{where}: {name}'s {switch} must be true or false (no quotes), got {spec[switch]!r}")
     if spec.get("keep_tokens_per_step") and name != "batch_size":
         raise UserError(f"{where}: keep_tokens_per_step applies to batch_size only, not {name}")
     if "choices" in spec:
@@ -170,9 +173,12 @@ def parse_space(data, where: str) -> SearchSpace:
         raise UserError(
             f"{where} must map train settings to values, e.g. `lr: {{low: 1.0e-4, high: 1.0e-2, log: true}}`"
         )
-    fields, dimensions = sweepable_fields(), []
+    fields, dimensions, keys = sweepable_fields(), [], {}
     for key, spec in data.items():
         name = str(key).lstrip("-").replace("-", "_")
+        if name in keys:
+            raise UserError(f"{where}: {name} is given twice ({keys[name]!r} and {key!r}); keep one")
+        keys[name] = key
         if name not in fields:
             every = {f.name for f in dataclasses.fields(TrainConfig)}
             if name in every:
@@ -188,12 +194,30 @@ def parse_space(data, where: str) -> SearchSpace:
     return SearchSpace(tuple(dimensions), data)
 
 
+def _unique_keys_loader(where: str):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps
+    the last silently, and a range would be dropped without a word)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise UserError(f"{where}: {key} is given twice (line {key_node.start_mark.line + 1}); keep one")
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
+
+
 def load_space(path: str) -> SearchSpace:
     import yaml
 
     file = Path(path)
     try:
-        data = yaml.safe_load(file.read_text())
+        data = yaml.load(file.read_text(), Loader=_unique_keys_loader(f"SPACE {path}"))  # a SafeLoader
     except FileNotFoundError:
         raise UserError(
             f"SPACE {path} does not exist; write the search space as YAML (see gpt-launch sweep --help)"

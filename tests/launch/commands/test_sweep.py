@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.helpers import PYTHON, REPO, child_env, invoke, run_cli
+from tests.helpers import PYTHON, REPO, child_env, invoke, run_cli, tree_digest
 
 optuna = pytest.importorskip("optuna")
 pytestmark = pytest.mark.slow  # every trial is a process
@@ -69,8 +69,25 @@ def test_a_four_trial_sweep_is_four_ordinary_runs_its_best_is_theirs_and_the_see
     again = tmp_path / "again"
     invoke(*sweep_args(again, "--trials", "2", "--sampler-seed", "7"), check=True)
     assert [t.params for t in study_of(again).get_trials()] == [t.params for t in trials[:2]]
+    before = tree_digest(again)
     changed = invoke(*sweep_args(again, "--trials", "2", "--sampler-seed", "7", space="lr: [0.001, 0.01]\n"))
     assert changed.exit_code == 2 and "was started with other space" in changed.stderr
+    assert "new --study-name with its own --output-dir" in changed.stderr and tree_digest(again) == before
+    # a second study in a finished study's folder is refused, and nothing of the first is touched
+    other = invoke(*sweep_args(again, "--trials", "2", "--study-name", "other", space="lr: [0.001, 0.01]\n"))
+    assert other.exit_code == 2 and other.stderr.count("\n") == 1, other.stderr
+    assert "holds study 'again'" in other.stderr and "give a new --output-dir" in other.stderr
+    assert tree_digest(again) == before
+    # fewer --trials than finished: said in one line, none run; more: the study grows by the difference
+    fewer = invoke(*sweep_args(again, "--trials", "1", "--sampler-seed", "7"), check=True)
+    assert "already has 2 finished trial(s), --trials is 1: none to run" in fewer.stdout
+    assert {k: v for k, v in tree_digest(again).items() if k.startswith("trial-")} == {
+        k: v for k, v in before.items() if k.startswith("trial-")
+    }
+    invoke(*sweep_args(again, "--trials", "3", "--sampler-seed", "7"), check=True)
+    assert [t.state.name for t in study_of(again).get_trials()] == ["COMPLETE"] * 3
+    assert json.loads((again / "sweep.json").read_text())["trials"] == 3
+    assert all(tree_digest(again)[k] == v for k, v in before.items() if k.startswith("trial-000"))
 
 
 def test_a_hopeless_trial_is_pruned_at_a_validation_and_is_a_finished_run(tmp_path):
@@ -85,6 +102,22 @@ def test_a_hopeless_trial_is_pruned_at_a_validation_and_is_a_finished_run(tmp_pa
     summary = json.loads((folder / "trial-0001" / "summary.json").read_text())
     assert summary["stop_reason"].startswith("pruned at step 2") and summary["steps"] == 2
     assert (folder / "trial-0001" / "checkpoints" / "best").exists() and summary["test"]["bits_per_byte"] > 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--trials", "0"), "--trials must be >= 1, got 0"),
+        (("--trials", "-1"), "--trials must be >= 1, got -1"),
+        (("--processes", "0"), "--processes must be >= 1, got 0"),
+        (("--grace-period", "-5"), "--grace-period must be >= 2, got -5"),
+        (("--prune-after", "-1"), "--prune-after must be >= 1, got -1"),
+    ],
+)
+def test_a_count_out_of_bounds_is_one_line_before_any_file(tmp_path, flags, message):
+    result = invoke(*sweep_args(tmp_path / "counts", *flags))
+    assert result.exit_code == 2 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "counts").exists() and not (tmp_path / "cache").exists()
 
 
 def test_a_bad_space_or_storage_is_one_line_before_any_work(tmp_path):
@@ -118,6 +151,8 @@ def test_two_workers_share_a_study_and_one_killed_mid_trial_is_retried_by_the_ot
     retry = next(t for t in study.get_trials() if t.system_attrs.get("failed_trial") == killed.number)
     assert retry.params == killed.params and retry.user_attrs["run_dir"] == str(folder / "trial-0000")
     assert "resum" in log.read_text().lower()  # the retry continued the killed trial's run
+    config = json.loads((folder / "trial-0000" / "train_config.json").read_text())
+    assert config["run_name"] == "shared-trial-0"  # named by its folder, not by the retry's number
     run_dirs = [t.user_attrs["run_dir"] for t in study.get_trials() if t.state.name == "COMPLETE"]
     assert len(set(run_dirs)) == 3
 

@@ -50,6 +50,10 @@ def test_ranges_lists_and_tokens_per_step_are_sampled_as_train_takes_them(tmp_pa
         ("lr: 0.001", "lr must be a list of values or a range"),
         ("[1, 2]", "must map train settings to values"),
         ("lr: {low: 1, high: 2, scale: log}", "lr has unknown keys ['scale']"),
+        ('batch_size: {choices: [2, 4], keep_tokens_per_step: "false"}', "keep_tokens_per_step must be true or false"),
+        ("batch_size: {choices: [2, 4], keep_tokens_per_step: yes please}", "keep_tokens_per_step must be true or"),
+        ('lr: {low: 1.0e-4, high: 1.0e-2, log: "no"}', "lr's log must be true or false (no quotes), got 'no'"),
+        ("lr: [0.001]\n--lr: [0.01]", "lr is given twice ('lr' and '--lr'); keep one"),
     ],
 )
 def test_a_bad_space_is_one_line_naming_the_setting(text, message):
@@ -66,6 +70,12 @@ def test_a_missing_or_broken_space_file_is_one_line(tmp_path):
     (tmp_path / "bad.yaml").write_text("lr: {low: [\n")
     with pytest.raises(UserError, match="is not valid YAML"):
         load_space(str(tmp_path / "bad.yaml"))
+
+
+def test_a_setting_given_twice_in_the_file_is_one_line_not_the_last_range(tmp_path):
+    (tmp_path / "twice.yaml").write_text("lr: {low: 1.0e-4, high: 1.0e-2}\ndropout: [0.0]\nlr: [0.5]\n")
+    with pytest.raises(UserError, match=r"^SPACE .*twice\.yaml: lr is given twice \(line 3\); keep one$"):
+        load_space(str(tmp_path / "twice.yaml"))
 
 
 def test_batch_sizes_that_cannot_keep_the_tokens_per_step_are_refused_before_the_study():
