@@ -127,7 +127,7 @@ def _card_metadata(summary: RunSummary, name: str, license: str) -> dict:
         "license": license,
         "library_name": "transformers",
         "pipeline_tag": "text-generation",
-        "tags": ["gpt2", "causal-lm", "tinystories", "gpt-launch"],
+        "tags": [architecture(summary.model_config())[0], "causal-lm", "tinystories", "gpt-launch"],
         "metrics": ["perplexity", "accuracy", "bits_per_byte"],
         "model-index": [
             {
