@@ -326,6 +326,18 @@ def find_shipped_deepspeed_config() -> None:
             os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"] = str(shipped)
 
 
+def check_compile(accelerator, compile: bool) -> None:
+    """torch.compile under DeepSpeed ZeRO-3 fails at the first step: ZeRO-3 partitions each parameter
+    between the forward's hooks, and the compiled graph sees a parameter of size 0 (dynamo: "size
+    mismatch ... vec (0)"). ZeRO-2 keeps parameters whole and compiles."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if compile and plugin is not None and plugin.zero_stage == 3:
+        raise UserError(
+            "--compile cannot run under DeepSpeed ZeRO-3, which partitions the parameters the compiled step reads; "
+            "drop --compile (--no-compile on a resume), or launch with ZeRO-2 (launch/configs/deepspeed_zero2.yaml)"
+        )
+
+
 def make_accelerator(collective_timeout_s: float = 1800, **kwargs):
     """An Accelerator that sees every process, also on a machine without a GPU.
 

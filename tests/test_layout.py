@@ -1,4 +1,4 @@
-"""The codebase's own limits: a module stays under 400 lines and a function under 60, and the
+"""The codebase's own limits: a module stays under 600 lines and a function under 60, and the
 installed package reads nothing from the repository (its git history, ../shared)."""
 
 import ast
@@ -14,7 +14,7 @@ SOURCES = sorted(p for package in PACKAGES for p in (REPO / package).rglob("*.py
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(REPO)))
 def test_modules_and_functions_stay_small(path):
     text = path.read_text()
-    assert len(text.splitlines()) <= 400, f"{path.name} has {len(text.splitlines())} lines"
+    assert len(text.splitlines()) <= 600, f"{path.name} has {len(text.splitlines())} lines"
     for node in ast.walk(ast.parse(text)):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             length = node.end_lineno - node.lineno + 1

@@ -38,22 +38,52 @@ def read_trainer_state(path: Path) -> dict:
 
 
 def check_resumable(path: Path) -> None:
-    """A step checkpoint's files are all there (whether they load is read_checkpoint's to say)."""
+    """A step checkpoint's files are all there, and each small file or file header reads: checked
+    before any data or model work, so a truncated file is one line, not a failure minutes later."""
     for needed in (STATE_NAME, CONFIG_NAME, "state"):
         if not (path / needed).exists():
             raise UserError(
                 f"{path} is not a resumable checkpoint ({needed} is missing); pass a checkpoints/step-N folder"
             )
+    unreadable = next(_unreadable_files(path), None)
+    if unreadable:
+        raise CheckpointError(
+            f"{path} is corrupt ({unreadable[0]}: {unreadable[1]}); resume from an older step-N folder"
+        )
+
+
+def _unreadable_files(path: Path):
+    """(file, why) for each file of the checkpoint that cannot be what it should: the trainer state and
+    model config as JSON, the weights' header (it covers the whole file), torch's files as whole zips."""
+    import zipfile
+
+    from safetensors import safe_open
+
+    try:
+        if not isinstance(json.loads((path / STATE_NAME).read_text()), dict):
+            yield STATE_NAME, "not a JSON object"
+    except (OSError, ValueError) as e:
+        yield STATE_NAME, first_line(e)
+    try:
+        GPTConfig.load(path / CONFIG_NAME)
+    except (ValueError, OSError) as e:
+        yield CONFIG_NAME, first_line(e)
+    if (path / WEIGHTS_NAME).exists():  # DeepSpeed and FSDP keep their own shards under state/
+        try:
+            with safe_open(str(path / WEIGHTS_NAME), "pt") as weights:
+                weights.keys()
+        except Exception as e:  # safetensors' own error type, or an OSError
+            yield WEIGHTS_NAME, first_line(e)
+    for file in sorted((path / "state").glob("*")):
+        if file.suffix in (".bin", ".pt", ".pth") and file.is_file() and not zipfile.is_zipfile(file):
+            yield f"state/{file.name}", "not a whole torch file (truncated?)"
 
 
 def read_checkpoint(path: Path, config: GPTConfig, tokenizer: Tokenizer) -> dict:
     """The trainer state of a resumable checkpoint, after checking it fits the model being trained."""
     check_resumable(path)
-    try:
-        saved = GPTConfig.load(path / CONFIG_NAME)
-        state = json.loads((path / STATE_NAME).read_text())
-    except (ValueError, OSError) as e:
-        raise CheckpointError(f"{path} is corrupt ({first_line(e)}); resume from an older step-N folder") from None
+    saved = GPTConfig.load(path / CONFIG_NAME)
+    state = json.loads((path / STATE_NAME).read_text())
     if saved != config:
         diff = {k: (v, getattr(config, k)) for k, v in saved.to_dict().items() if getattr(config, k) != v}
         raise UserError(
@@ -62,6 +92,11 @@ def read_checkpoint(path: Path, config: GPTConfig, tokenizer: Tokenizer) -> dict
         )
     check_tokenizer(path, tokenizer, "resume with the run's own (drop --tokenizer), or start a new --output-dir")
     return state
+
+
+def saved_process_count(path: Path) -> int:
+    """How many processes trained the run that saved this checkpoint: each saves its own RNG state."""
+    return len(list((Path(path) / "state").glob("random_states_*.pkl"))) or 1
 
 
 def plain_model(accelerator, model) -> GPT:
@@ -78,9 +113,11 @@ def load_training_state(accelerator, model, path: Path) -> None:
     from accelerate.utils.other import load
 
     rng_file = path / "state" / f"random_states_{accelerator.process_index}.pkl"
+    same_processes = saved_process_count(path) == accelerator.num_processes
     try:
         # Accelerate skips an unreadable RNG file silently, and the resume would then not be exact.
-        if "torch_manual_seed" not in load(rng_file):
+        # (Under another process count it is not exact anyway: the caller draws fresh streams.)
+        if same_processes and "torch_manual_seed" not in load(rng_file):
             raise ValueError("no torch RNG state in it")
         if accelerator.distributed_type not in (DistributedType.DEEPSPEED, DistributedType.FSDP):
             # safetensors knows "cpu" but not "cpu:0", the device of each rank in a multi-process CPU run.

@@ -41,21 +41,34 @@ def weights_tokenizer(folder: Path, vocab_size: int, given: str | None = None) -
 TRAINING_ONLY = ("dropout", "attention_dropout", "init_std")
 
 
-def load_initial_weights(model, source: str, tokenizer: Tokenizer) -> Path:
-    """--init-from: copy the weights of `source` (a run, a checkpoint, an export or a transformers
-    folder) into `model`, after checking they are the same architecture and tokenizer; returns the folder read."""
+def check_initial_weights(source: str, config: GPTConfig, tokenizer: str | None, shape_flags: list[str]) -> Path:
+    """--init-from's weights folder, after checking from its small files alone (config.json and
+    tokenizer.json, before any data or model work) that its weights fit the run: the tokenizer
+    (`tokenizer`, the run's --tokenizer) and the architecture `config` (`shape_flags`: the flags the
+    user gave that chose that architecture)."""
     folder = resolve_weights(source)
-    check_tokenizer(folder, tokenizer, "drop --tokenizer to take its own, or start from weights trained with it")
-    initial = load_pretrained(folder)
-    ours, theirs = model.config.to_dict(), initial.config.to_dict()
-    differs = {k: (theirs[k], v) for k, v in ours.items() if k not in TRAINING_ONLY and theirs[k] != v}
+    theirs = read_config(folder)[0]
+    weights_tokenizer(folder, theirs.vocab_size, tokenizer)
+    ours = config.to_dict()
+    differs = {
+        k: (getattr(theirs, k), v)
+        for k, v in ours.items()
+        if k not in (*TRAINING_ONLY, "vocab_size") and getattr(theirs, k) != v
+    }
     if differs:
         listed = ", ".join(f"{k} {a!r} there, {b!r} here" for k, (a, b) in differs.items())
+        take_its_own = f"drop {'/'.join(shape_flags)} to take its own, or " if shape_flags else ""
         raise UserError(
-            f"--init-from {source} is another architecture ({listed}); drop --preset/--model-config/"
-            "--norm to take its own, or start from weights of this shape"
+            f"--init-from {source} is another architecture ({listed}); {take_its_own}start from weights of this shape"
         )
-    model.load_state_dict(initial.state_dict())
+    return folder
+
+
+def load_initial_weights(model, source: str, tokenizer: str | None, shape_flags: list[str]) -> Path:
+    """--init-from: copy the weights of `source` (a run, a checkpoint, an export or a transformers
+    folder) into `model`, once they are checked to fit; returns the folder read."""
+    folder = check_initial_weights(source, model.config, tokenizer, shape_flags)
+    model.load_state_dict(load_pretrained(folder).state_dict())
     return folder
 
 

@@ -28,7 +28,7 @@ from gpt_core.tokenizer import GPT2_VOCAB_SIZE, TOKENIZER_NAME, TokenizerError, 
 from launch.checkpoints.weights import init_weights_config, init_weights_tokenizer
 from launch.errors import UserError, is_disk_full
 
-from .fields import check_fields, setting
+from .fields import check_fields, flag_of, setting
 
 PAPER_PROMPTS = ("Once upon a time", "The little girl", "In a magical forest", "The brave knight")
 SMOKE_DATA = Path(__file__).parents[1] / "configs" / "smoke_stories.jsonl"
@@ -315,6 +315,11 @@ class TrainConfig:
                 check_generation_args(ids, self.sample_tokens, 1.0, None, None, False, context)
             except ValueError as e:
                 raise UserError(f"--prompt {prompt!r}: {e}") from None
+
+    def architecture_flags(self) -> list[str]:
+        """The flags given that chose the model's architecture (without them, --init-from's weights choose)."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        return [flag_of(fields[n]) for n in ("preset", "model_config_file", "norm") if getattr(self, n) is not None]
 
     def model_config(self) -> GPTConfig:
         overrides = {k: v for k, v in (("norm", self.norm), ("dropout", self.dropout)) if v is not None}

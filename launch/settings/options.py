@@ -37,6 +37,8 @@ def _click_option(dotted: str, f, annotation, default, show_default: bool):
     else:
         kwargs["type"] = base
     flags = [flag_of(f)] + ([f.metadata["short"]] if f.metadata.get("short") else [])
+    if base is bool and f.metadata.get("on_resume") == "free":  # a resumed session may turn it off again
+        flags[0] = f"{flags[0]}/--no-{flags[0][2:]}"
     return click.option(*flags, dotted.replace(".", "__"), **kwargs)
 
 

@@ -23,14 +23,22 @@ from pathlib import Path
 import torch
 
 from gpt_core import GPT
-from launch.checkpoints.restoring import load_training_state, read_checkpoint
+from launch.checkpoints.restoring import load_training_state, read_checkpoint, saved_process_count
 from launch.checkpoints.saving import remove_stale_temporaries, save_best, save_checkpoint, store_weights_once
-from launch.checkpoints.weights import load_initial_weights
+from launch.checkpoints.weights import check_initial_weights, load_initial_weights
 from launch.data.batching import make_loaders
 from launch.data.prepare import prepare_data
 from launch.errors import UserError
 from launch.progress import progress
-from launch.runtime import StopSignal, TrainingInterrupted, any_process, collective_errors, make_accelerator, rank_print
+from launch.runtime import (
+    StopSignal,
+    TrainingInterrupted,
+    any_process,
+    check_compile,
+    collective_errors,
+    make_accelerator,
+    rank_print,
+)
 from launch.settings.config import TrainConfig, default_batch_size
 from launch.tracking.trackers import RunLog
 
@@ -38,7 +46,7 @@ from .autobatch import check_auto_batch, resolve_auto_batch
 from .evaluation import evaluate, metrics_text, perplexity
 from .optim import build_optimizer, check_optimizer, ignored_settings, lr_at
 from .profiling import StepProfiler
-from .resume import starting_point
+from .resume import for_process_count, starting_point
 from .run import Run
 from .run_folder import check_run_dir
 from .state import (
@@ -71,6 +79,7 @@ def build_run(cfg: TrainConfig, resume_from: Path | None) -> Run:
     )
     set_seed(cfg.seed)
     check_optimizer(cfg, accelerator)
+    check_compile(accelerator, cfg.compile)
     for note in ignored_settings(cfg):
         accelerator.print(f"note: {note}")
     check_auto_batch(cfg, accelerator.device)
@@ -81,7 +90,7 @@ def build_run(cfg: TrainConfig, resume_from: Path | None) -> Run:
     source = f"from {cfg.init_from}" if cfg.init_from and not cfg.preset else f"preset {cfg.preset or 'paper'}"
     accelerator.print(f"model: {source}, {model.num_params():,} parameters, norm={model_config.norm}")
     if cfg.init_from and resume_from is None:
-        folder = load_initial_weights(model, cfg.init_from, data.tokenizer)
+        folder = load_initial_weights(model, cfg.init_from, cfg.data.tokenizer, cfg.architecture_flags())
         accelerator.print(f"init: weights from {folder}; the optimizer, schedule and step start fresh")
     model.activation_checkpointing = cfg.activation_checkpointing
     cfg = resolve_auto_batch(cfg, accelerator, model)
@@ -164,10 +173,17 @@ def _plan_length(run: Run) -> None:
 
 
 def _restore(run: Run, path: Path) -> None:
+    from accelerate.utils import set_seed
+
     saved = read_checkpoint(path, run.model_config, run.data.tokenizer)
     load_training_state(run.accelerator, run.model, path)
     run.state.load_state_dict(saved)
     run.early.load_state_dict(saved)
+    saved_processes, processes = saved_process_count(path), run.accelerator.num_processes
+    if saved_processes != processes:  # the epoch's position in this launch's batches; fresh random streams
+        run.state.batch_in_epoch = run.state.batch_in_epoch * saved_processes // processes
+        run.accelerator.step = run.state.batch_in_epoch  # where gradient accumulation stands in the epoch
+        set_seed(run.cfg.seed + run.state.step, device_specific=True)
     run.say(
         f"resume: {path} (step {run.state.step}, epoch {run.state.epoch + 1}, "
         f"batch {run.state.batch_in_epoch} of {run.batches_per_epoch})"
@@ -179,9 +195,13 @@ def _restore(run: Run, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 def train(cfg: TrainConfig) -> dict:
     cfg.check_prompts()  # with the other options, before any data work: sampling comes only at the end
+    if cfg.init_from and not cfg.resume:  # from its config.json and tokenizer.json alone
+        check_initial_weights(cfg.init_from, cfg.model_config(), cfg.data.tokenizer, cfg.architecture_flags())
     start = starting_point(cfg)
     if start.finished and not start.end_only:
         return {"stop_reason": f"already finished: {start.finished}", "steps": None}
+    if start.checkpoint is not None:
+        cfg = for_process_count(cfg, start.checkpoint)
     with collective_errors(cfg.collective_timeout):
         run = build_run(cfg, start.checkpoint)
         if start.end_only:

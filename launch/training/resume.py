@@ -3,11 +3,19 @@ continues from, and whether those settings still allow an exact continuation."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from launch.checkpoints.folders import checkpoints_dir, run_dir_of, step_checkpoints
-from launch.checkpoints.restoring import check_resumable, read_trainer_state, resolve_resume
+from launch.checkpoints.restoring import (
+    check_resumable,
+    read_checkpoint,
+    read_trainer_state,
+    resolve_resume,
+    saved_process_count,
+)
 from launch.errors import UserError
 from launch.settings.config import RUN_CONFIG_NAME, TrainConfig, saved_run_config, smoke_config
 from launch.settings.fields import flag_of, get_path, leaf_fields, replace_paths
@@ -76,14 +84,13 @@ def check_resume(cfg: TrainConfig, resume_from: Path, log=print) -> None:
     """Compare the settings with those the run was started with: refuse what breaks exact
     continuation (unless --allow-changes), warn about what changes the run from here on."""
     saved = saved_run_config(run_dir_of(resume_from))
-    if saved is None:
-        return
-    changes = resume_changes(saved, cfg)
+    changes = resume_changes(saved, cfg) if saved else {"fixed": [], "warn": []}
     if changes["fixed"] and not cfg.allow_changes:
         raise UserError(
             f"--resume with changed settings the run cannot continue exactly with ({'; '.join(changes['fixed'])}); "
             "drop those flags, add --allow-changes to accept them, or start a new --output-dir"
         )
+    read_checkpoint(resume_from, cfg.model_config(), cfg.data.load_tokenizer())  # its small files fit this run
     for change in changes["fixed"] + changes["warn"]:
         log(f"resume: warning: {change}; the run continues with the new value")
 
@@ -116,3 +123,50 @@ def resume_changes(saved: TrainConfig, now: TrainConfig) -> dict[str, list[str]]
         if before != after and not (dotted == "data.tokenizer" and _same_tokenizer(saved.data, now.data)):
             grouped[f.metadata["on_resume"]].append(f"{flag_of(f)} {before!r} -> {after!r}")
     return grouped
+
+
+def launched_processes() -> int:
+    """The processes this launch runs (accelerate launch / torchrun set WORLD_SIZE; 1 without them)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def for_process_count(cfg: TrainConfig, checkpoint: Path, log=print) -> TrainConfig:
+    """The settings that continue a checkpoint saved by another number of processes (a preempted
+    8-GPU job back on 4): gradient accumulation takes up the difference, so the tokens per optimizer
+    step, the schedule and the step count stay as planned. Refused in one line where it cannot:
+    the accumulation does not divide, or the epoch's position falls between two processes' batches."""
+    saved, now = saved_process_count(checkpoint), launched_processes()
+    if saved == now:
+        return cfg
+    engine = sharding_engine(checkpoint)
+    if engine:
+        raise UserError(
+            f"{checkpoint} was saved by {saved} process(es) and this launch has {now}: {engine} keeps a shard of the "
+            f"model and optimizer per process, which cannot be dealt out again here; launch {saved} process(es)"
+        )
+    rows = cfg.grad_accum * saved  # micro-batches per optimizer step, all processes together
+    position = read_trainer_state(checkpoint).get("batch_in_epoch", 0) * saved
+    if rows % now or position % now:
+        raise UserError(
+            f"{checkpoint} was saved by {saved} process(es) and this launch has {now}: its {rows} micro-batches per "
+            f"optimizer step (--grad-accum {cfg.grad_accum} x {saved}) cannot be shared evenly by {now}; launch "
+            f"{saved} process(es), or a number of processes that divides {rows}"
+        )
+    if os.environ.get("RANK", "0") != "0":
+        log = lambda _: None
+    log(
+        f"resume: the checkpoint was saved by {saved} process(es), this launch has {now}: --grad-accum "
+        f"{cfg.grad_accum} -> {rows // now} keeps the tokens per optimizer step, the schedule and the step count; "
+        "the continuation is no longer bit-exact (other data shards per process, fresh random streams)"
+    )
+    return dataclasses.replace(cfg, grad_accum=rows // now)
+
+
+def sharding_engine(checkpoint: Path) -> str | None:
+    """DeepSpeed or FSDP, when this launch or the checkpoint uses one (their states are per process)."""
+    launched = {
+        name: os.environ.get(f"ACCELERATE_USE_{name.upper()}", "").lower() == "true" for name in ("DeepSpeed", "FSDP")
+    }
+    if launched["DeepSpeed"] or (checkpoint / "state" / "pytorch_model").is_dir():
+        return "DeepSpeed"
+    return "FSDP" if launched["FSDP"] else None

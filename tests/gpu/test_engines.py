@@ -91,3 +91,14 @@ def test_muon_under_deepspeed_is_refused_in_one_line_before_any_work(tmp_path):
     assert result.returncode != 0 and len(errors) == 1, result.stderr
     assert "--optimizer muon cannot run here: DeepSpeed has no Muon; use --optimizer adamw" in errors[0]
     assert not (tmp_path / "run" / "metrics.jsonl").exists() and not (tmp_path / "cache").exists()
+
+
+def test_compile_under_zero3_is_refused_in_one_line_before_any_folder(tmp_path):
+    """ZeRO-3 partitions the parameters the compiled step reads (dynamo fails at the first step):
+    refused at the start, with nothing written, not after a folder a plain rerun would refuse."""
+    launch = deepspeed_run("launch/configs/deepspeed_zero3.yaml", tmp_path / "run", "--compile", processes=1)
+    result = run_cli(launch, check=False, timeout=300)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode != 0 and len(errors) == 1, result.stderr
+    assert "--compile cannot run under DeepSpeed ZeRO-3" in errors[0] and "--no-compile on a resume" in errors[0]
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()

@@ -326,3 +326,60 @@ def test_a_failing_launch_with_q_shows_our_one_line_and_no_traceback(tmp_path):
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert result.returncode != 0 and len(errors) == 1 and "--lr must be > 0" in errors[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
+
+
+# ---- a resume on another number of processes ---------------------------------------------------------
+RESIZED = ("--max-steps", "12", "--log-every", "1", "--save-every", "3")
+
+
+def test_a_run_resumes_on_another_number_of_processes_at_the_same_tokens_per_step(tmp_path):
+    """1 process -> 2 -> 1, as a preempted job that comes back on other hardware: each session
+    continues the run (weights, optimizer, schedule position, tokens seen) with --grad-accum taking
+    up the difference, says so in one line, and the run ends at its planned step."""
+    out = tmp_path / "run"
+    invoke("train", *tiny_run_options(out, *RESIZED, "--stop-after-steps", "6"), check=True)  # accumulation 2
+    two = run_cli(
+        launch_two("-m", "launch.cli", "train", *tiny_run_options(out, *RESIZED, "--resume", "auto"))
+        + ["--stop-after-steps", "3"]
+    )
+    said = two.stdout + two.stderr
+    assert said.count("resume: the checkpoint was saved by 1 process(es), this launch has 2") == 1, said
+    assert "--grad-accum 2 -> 1 keeps the tokens per optimizer step" in said and "no longer bit-exact" in said
+    assert "= 128 tokens per optimizer step, 12 steps" in said  # the plan of the 1-process session
+    assert "(step 6, epoch 1, batch 6 of 14)" in said  # 12 of 28 micro-batches with one process
+    one = invoke("train", *tiny_run_options(out, *RESIZED, "--resume", "auto"), check=True)
+    assert "saved by 2 process(es), this launch has 1: --grad-accum 1 -> 2" in one.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 12 and summary["hardware"]["processes"] == 1
+    train = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in train if r["kind"] == "train"]
+    assert [r["step"] for r in train] == list(range(1, 13))  # each step once, none lost or repeated
+    assert [r["tokens"] for r in train] == [128 * s for s in range(1, 13)]
+    assert json.loads((out / "train_config.json").read_text())["grad_accum"] == 2
+
+
+def test_a_resume_on_a_process_count_that_cannot_keep_the_step_is_one_line(tmp_path):
+    """One process with --grad-accum 1 cannot be shared by two at the same tokens per step; a
+    DeepSpeed launch keeps a shard per process. Both refused in one line naming both counts, every
+    file of the run as it was."""
+    from tests.helpers import tree_digest
+
+    out = tmp_path / "run"
+    invoke("train", *tiny_run_options(out, "--max-steps", "4", "--grad-accum", "1", "--stop-after-steps", "2"))
+    before = tree_digest(out)
+    result = run_cli(
+        launch_two("-q", "-m", "launch.cli", "train", *tiny_run_options(out, "--resume", "auto")), check=False
+    )
+    errors = {line.split("error: ", 1)[1] for line in result.stderr.splitlines() if "error: " in line}  # per rank
+    assert result.returncode != 0 and len(errors) == 1, result.stderr[-3000:]
+    error = errors.pop()
+    assert "was saved by 1 process(es) and this launch has 2" in error and "cannot be shared evenly" in error
+    assert tree_digest(out) == before
+    # DeepSpeed's launcher sets these; the refusal comes before Accelerate or DeepSpeed start
+    deepspeed = invoke(
+        "train",
+        *tiny_run_options(out, "--resume", "auto"),
+        env={"WORLD_SIZE": "2", "ACCELERATE_USE_DEEPSPEED": "true"},
+    )
+    assert deepspeed.exit_code == 2 and "saved by 1 process(es) and this launch has 2: DeepSpeed" in deepspeed.stderr
+    assert tree_digest(out) == before

@@ -1,7 +1,6 @@
 """launch/checkpoints/restoring.py: a checkpoint is the same whatever wraps the model that writes or reads it."""
 
 import os
-import pickle
 import shutil
 
 import pytest
@@ -64,10 +63,16 @@ def copy_with_last_step(paused_run, tmp_path):
     return run, sorted((run / "checkpoints").glob("step-*"))[-1]
 
 
-def test_corrupt_training_state_is_a_clear_error(paused_run, tmp_path):
+@pytest.mark.parametrize("name", ["model.safetensors", "state/optimizer.bin", "trainer_state.json", "config.json"])
+def test_a_truncated_checkpoint_file_is_one_line_before_any_data_work(paused_run, tmp_path, name):
     run, step = copy_with_last_step(paused_run, tmp_path)
-    (step / "state" / "optimizer.bin").write_bytes(b"\x00garbage" * 10)
-    one_error_line(train(run, "--resume", "auto", check=False), "could not be loaded")
+    data = (step / name).read_bytes()
+    (step / name).write_bytes(data[: len(data) // 2])
+    shutil.rmtree(run.parent / "cache", ignore_errors=True)  # the run's data cache, if beside it
+    result = train(run, "--resume", "auto", "--data-cache", tmp_path / "cache", check=False)
+    one_error_line(result, f"{step} is corrupt ({name}: ")
+    assert "resume from an older step-N folder" in result.stderr
+    assert "data:" not in result.stdout and "model:" not in result.stdout and not (tmp_path / "cache").exists()
 
 
 class Payload:
@@ -75,10 +80,11 @@ class Payload:
         return (os.system, ("touch PWNED",))
 
 
-def test_a_malicious_pickle_in_a_checkpoint_is_refused(paused_run, tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["optimizer.bin", "random_states_0.pkl"])
+def test_a_malicious_pickle_in_a_checkpoint_is_refused(paused_run, tmp_path, monkeypatch, name):
+    """Each file alone, as torch.save writes it (a whole zip): only weights_only loading stops it."""
     run, step = copy_with_last_step(paused_run, tmp_path)
-    for name in ("optimizer.bin", "random_states_0.pkl"):
-        (step / "state" / name).write_bytes(pickle.dumps({"state": Payload()}))
+    torch.save({"state": Payload()}, step / "state" / name)
     monkeypatch.chdir(tmp_path)  # where `touch PWNED` would land
     one_error_line(train(run, "--resume", "auto", check=False), "could not be loaded")
     assert not (tmp_path / "PWNED").exists() and not (REPO / "PWNED").exists()

@@ -220,3 +220,5 @@ def test_a_llama_style_run_exports_as_stock_llama_with_its_tokenizer_and_card(ll
     card = (out / "README.md").read_text()
     assert "Llama-style" in card and "rotary positions" in card and "LlamaForCausalLM" in card
     assert "Muon (lr 0.03) for the matrices inside the blocks" in card
+    tags = yaml.safe_load(card[4:].split("\n---\n", 1)[0])["tags"]
+    assert tags[0] == "llama" and "gpt2" not in tags  # the card says what the model is

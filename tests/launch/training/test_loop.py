@@ -296,6 +296,23 @@ def test_init_from_another_architecture_is_one_line_naming_what_differs(tmp_path
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert result.exit_code == 2 and len(errors) == 1, result.stderr
     assert "is another architecture" in errors[0] and "d_model 32 there, 128 here" in errors[0]
+    assert "drop --preset to take its own" in errors[0]  # the one architecture flag given
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()  # read from its config.json alone
+
+
+def test_init_from_weights_no_tokenizer_fits_is_one_line_before_any_work(tmp_path, story_tokenizer):
+    """A transformers GPT-2 folder with a 1,000-token vocabulary and no tokenizer.json: neither a
+    512-token --tokenizer nor GPT-2's own fits it, and the line says so (not "trained with GPT-2 BPE")."""
+    transformers = pytest.importorskip("transformers")
+    shape = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=32, vocab_size=1000)
+    transformers.GPT2LMHeadModel(shape).save_pretrained(tmp_path / "gpt2-1000")
+    for extra, tokenizer in ((("--tokenizer", story_tokenizer), "the 512-token BPE"), ((), "GPT-2 BPE")):
+        result = invoke(*init_options(tmp_path / "run", tmp_path / "gpt2-1000", *extra))
+        errors = [line for line in result.stderr.splitlines() if "error:" in line]
+        assert result.exit_code == 2 and len(errors) == 1, result.stderr
+        assert "holds a 1,000-token model but no tokenizer.json" in errors[0] and tokenizer in errors[0]
+        assert "pass the tokenizer it was trained with: --tokenizer PATH" in errors[0] and "drop" not in errors[0]
+        assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
 
 
 def test_the_fine_tuning_recipe_continues_a_run_on_other_stories(tmp_path, finished_run):
@@ -424,6 +441,7 @@ def test_init_from_takes_the_weights_tokenizer_and_refuses_another(tmp_path, sto
     errors = [line for line in refused.stderr.splitlines() if "error:" in line]
     assert refused.exit_code == 2 and len(errors) == 1, refused.stderr
     assert "was trained with the 512-token BPE" in errors[0] and "not with GPT-2 BPE" in errors[0]
+    assert not (tmp_path / "a").exists()
     invoke(*init_options(tmp_path / "b", story_run), check=True)  # no flag: its own tokenizer
     assert json.loads((tmp_path / "b" / "summary.json").read_text())["model"]["vocab_size"] == 512
 

@@ -112,3 +112,16 @@ def test_a_read_only_run_folder_is_one_line_that_does_not_blame_the_disk(paused_
     finally:
         subprocess.run(["chattr", "-i", str(checkpoints)], check=True)
     assert "make it writable" in line and "free space" not in line
+
+
+def test_a_resumed_session_may_turn_compile_off(paused_run, tmp_path):
+    """--compile is a speed setting: a run started with it (here: its saved settings say so) resumes
+    with --no-compile, e.g. on an engine that cannot compile, and continues as the same run."""
+    run = tmp_path / "run"
+    shutil.copytree(paused_run, run)
+    saved = json.loads((run / "train_config.json").read_text())
+    (run / "train_config.json").write_text(json.dumps({**saved, "compile": True}))
+    result = train_here(run, "--resume", "auto", "--no-compile")
+    assert "resume: warning" not in result.stdout
+    assert json.loads((run / "train_config.json").read_text())["compile"] is False
+    assert json.loads((run / "summary.json").read_text())["steps"] == 8
