@@ -291,7 +291,7 @@ COLLECTIVE_FAILURES = (  # what gloo/NCCL say -> what happened, for a one-line m
     (
         ("connectfullmesh failed",),
         "could not connect to the other processes (one is down, or a restart reused a "
-        "stale rendezvous: see TORCH_DISABLE_SHARE_RDZV_TCP_STORE in README)",
+        "stale rendezvous: see TORCH_DISABLE_SHARE_RDZV_TCP_STORE in docs/scaling-out.md)",
     ),
     (("timed out", "timeout"), TIMED_OUT),
     (

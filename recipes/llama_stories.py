@@ -8,7 +8,7 @@ The `llama-small` preset (the `small` budget: 4 layers, d_model 128, context 128
 RMSNorm, SwiGLU, two key/value heads for four query heads, no biases and no dropout; Muon (lr 0.02)
 for the matrices inside the blocks and AdamW (lr 2e-3) for the embedding, head and norms, 50
 warmup steps then cosine; 16 rows of 128 tokens per update. benchmarks/modern_block.py races it
-against the paper's block at equal wall clock (README: "Today's small-LM recipe"). Every value
+against the paper's block at equal wall clock (docs/modern-recipe.md). Every value
 below is a TrainConfig field and can be changed on the command line (see --help); for a bigger
 model pass --model-config with the fields of `llama-small` changed.
 """

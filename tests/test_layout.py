@@ -31,7 +31,7 @@ def test_the_package_reads_nothing_of_the_repository():
 
 
 # The layers of launch/, lowest first: a package imports only from its own layer's helpers and the
-# layers below it (gpt_core is below them all). What sits where is the architecture README shows.
+# layers below it (gpt_core is below them all). What sits where is the architecture docs/development.md shows.
 LAYERS = {
     "launch.errors": 0,
     "launch.progress": 0,

@@ -170,7 +170,7 @@ def test_lm_evaluation_harness_scores_the_export_as_evaluate_does(exported, tmp_
     measured = json.loads(ours.read_text())
     assert measured["tokens"] > len(stories) * 32  # stories past the context: scored in windows
     # Both sides run the same float32 forward passes; the harness sums each document's log-likelihood
-    # in float64 and so do we, per row: they agree to ~1e-9 (3e-9 measured at scale, README). The
+    # in float64 and so do we, per row: they agree to ~1e-9 (3e-9 measured at scale, docs/using-a-model.md). The
     # slack left is for another CPU's BLAS summing the float32 products in another order.
     assert measured["bits_per_byte"] == pytest.approx(harness, rel=1e-6)
 

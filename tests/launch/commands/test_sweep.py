@@ -126,6 +126,9 @@ def test_a_bad_space_or_storage_is_one_line_before_any_work(tmp_path):
     unreachable = invoke(*sweep_args(tmp_path / "pg", "--storage", "postgresql://me:secret@127.0.0.1:1/none"))
     assert unreachable.exit_code == 2 and "cannot be used" in unreachable.stderr and "secret" not in unreachable.stderr
     assert not (tmp_path / "pg").exists()
+    both = invoke(*sweep_args(tmp_path / "both"), "--lr", "0.01")
+    assert both.exit_code == 2 and "lr is both in SPACE and a fixed flag; keep it in one place" in both.stderr
+    assert not (tmp_path / "both").exists()
 
 
 def test_two_workers_share_a_study_and_one_killed_mid_trial_is_retried_by_the_other(tmp_path):
