@@ -79,10 +79,9 @@ def hf_config(config: GPTConfig) -> dict:
     return _gpt2_config(config, kind, architecture_name)
 
 
-def _gpt2_config(config: GPTConfig, kind: str, architecture: str) -> dict:
-    shared = {
-        "model_type": kind,
-        "architectures": [architecture],
+def gpt2_shape(config: GPTConfig) -> dict:
+    """`config`'s sizes and dropouts in the names transformers' GPT-2 and OpenAI GPT configs use."""
+    return {
         "vocab_size": config.vocab_size,
         "n_positions": config.context_length,
         "n_embd": config.d_model,
@@ -95,6 +94,10 @@ def _gpt2_config(config: GPTConfig, kind: str, architecture: str) -> dict:
         "initializer_range": config.init_std,
         "tie_word_embeddings": True,
     }
+
+
+def _gpt2_config(config: GPTConfig, kind: str, architecture: str) -> dict:
+    shared = {"model_type": kind, "architectures": [architecture], **gpt2_shape(config)}
     if kind == "gpt2":
         activation = "gelu_new" if config.activation == "gelu_tanh" else "gelu"
         return {**shared, "n_inner": config.d_ff, "activation_function": activation}

@@ -27,7 +27,7 @@ from launch.settings.commands import (
     SweepSettings,
 )
 from launch.settings.config import TrainConfig
-from launch.settings.fields import flag_of, get_path, leaf_fields, replace_paths
+from launch.settings.fields import flag_for, get_path, replace_paths
 from launch.settings.options import config_options, given_options
 
 WIDE = {"max_content_width": 110}
@@ -62,8 +62,7 @@ def train_command(
         cfg = session_config(defaults, given_options(ctx, params), smoke)
         for needed in needs:
             if get_path(cfg, needed) is None:
-                flag = next(flag_of(f) for dotted, f, _ in leaf_fields(TrainConfig) if dotted == needed)
-                raise UserError(f"{name} needs {flag}; see --help")
+                raise UserError(f"{name} needs {flag_for(TrainConfig, needed)}; see --help")
         train(cfg)
 
     return command

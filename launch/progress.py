@@ -6,11 +6,24 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Protocol
 
 REPORT_EVERY_S = 30.0
 
 
-def progress(total: int | None, desc: str, unit: str, initial: int = 0, enabled: bool = True, leave: bool = True):
+class Progress(Protocol):
+    """What both kinds of progress do: a tqdm bar and `ProgressLines`."""
+
+    def update(self, n: int = 1) -> object: ...
+    def set_postfix(self, **values) -> None: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> Progress: ...
+    def __exit__(self, *exc) -> object: ...
+
+
+def progress(
+    total: int | None, desc: str, unit: str, initial: int = 0, enabled: bool = True, leave: bool = True
+) -> Progress:
     """A tqdm bar when stderr is a terminal, else a `ProgressLines`; both are context managers with
     `update`, `set_postfix` and `close`. `enabled=False` (e.g. on every rank but the first) shows nothing."""
     if enabled and sys.stderr.isatty():

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from launch.runtime import free_port
+from launch.runtime.processes import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_TINYSTORIES = (REPO.parent / "shared" / "data" / "tinystories").resolve()

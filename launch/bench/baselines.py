@@ -22,19 +22,9 @@ def hf_gpt2(c: GPTConfig):
     """transformers' GPT-2 with the same shape (learned positions: its own design, same size order)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(
-        vocab_size=c.vocab_size,
-        n_positions=c.context_length,
-        n_embd=c.d_model,
-        n_layer=c.n_layer,
-        n_head=c.n_head,
-        n_inner=c.d_ff,
-        resid_pdrop=c.dropout,
-        embd_pdrop=c.dropout,
-        attn_pdrop=c.attention_dropout,
-        tie_word_embeddings=True,
-    )
-    return GPT2LMHeadModel(config)
+    from gpt_core.hf import gpt2_shape
+
+    return GPT2LMHeadModel(GPT2Config(**gpt2_shape(c), n_inner=c.d_ff))
 
 
 def _build_hf(config: GPTConfig, device: torch.device, recipe):

@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from gpt_core import EOT_ID, GPT, IGNORE_INDEX, GPTConfig, generate, get_preset, get_tokenizer
-from launch.runtime import synchronize
-from launch.settings.config import SMOKE_DATA, DataConfig, TrainConfig, default_batch_size
+from launch.runtime.devices import synchronize
+from launch.settings.config import SMOKE_DATA, DataConfig, TrainConfig, batch_size_on
 from launch.training.optim import build_optimizer
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -310,7 +310,7 @@ def measure_our_training(
         "kind": "ours",
         "implementation": BUILT_IN["ours"],
         "model_config": config.to_dict(),
-        "batch_size": batch_size or default_batch_size(device.type),
+        "batch_size": batch_size_on(device.type, batch_size),
         "grad_accum": grad_accum,
         "steps": steps,
         "warmup": warmup,

@@ -8,17 +8,10 @@ import statistics
 import torch
 
 from gpt_core import get_preset
-from launch.runtime import (
-    cpu_bf16_features,
-    cpu_bf16_line,
-    cpu_bf16_speedup,
-    cpu_precision_advice,
-    device_name,
-    measure_matmul_peak,
-    resolve_device,
-)
+from launch.runtime.devices import device_name, measure_matmul_peak, resolve_device
+from launch.runtime.precision import cpu_bf16_features, cpu_bf16_line, cpu_bf16_speedup, cpu_precision_advice
 from launch.settings.commands import BenchSettings
-from launch.settings.config import SMOKE_DATA, default_batch_size
+from launch.settings.config import SMOKE_DATA, batch_size_on
 
 from .measure import (
     DTYPES,
@@ -42,7 +35,7 @@ def run_bench(settings: BenchSettings, implementations: dict[str, str] | None = 
     peak_dtype = DTYPES[precision] or torch.float32
     progress(f"bench: measuring the {precision} matmul peak on {dev}")
     peak = measure_matmul_peak(dev, peak_dtype)
-    batch = s.batch_size or default_batch_size(dev.type)
+    batch = batch_size_on(dev.type, s.batch_size)
     result = {
         "device": device_name(dev),
         "precision": precision,

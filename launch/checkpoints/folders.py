@@ -15,6 +15,12 @@ from launch.errors import UserError
 STATE_NAME = "trainer_state.json"
 
 
+def checkpoint_components(saved: dict) -> dict[str, dict]:
+    """trainer_state.json by component ("trainer", "early_stopping"). Checkpoints written before the
+    components had keys hold one flat dict, their keys side by side: each component reads its own there."""
+    return saved if "trainer" in saved else {"trainer": saved, "early_stopping": saved}
+
+
 STEP_DIR = re.compile(r"step-(\d+)")
 
 

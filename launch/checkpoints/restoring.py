@@ -14,7 +14,7 @@ from gpt_core.errors import first_line
 from gpt_core.weights import CONFIG_NAME, WEIGHTS_NAME
 from launch.errors import UserError
 
-from .folders import STATE_NAME, step_checkpoints
+from .folders import STATE_NAME, checkpoint_components, step_checkpoints
 from .weights import check_tokenizer
 
 
@@ -30,9 +30,11 @@ def resolve_resume(resume: str, run_dir: Path) -> Path | None:
 
 
 def read_trainer_state(path: Path) -> dict:
-    """The trainer state saved in a checkpoint, or {} when it cannot be read (read_checkpoint says why)."""
+    """The trainer's state (step, epoch, tokens, precision, how it ended) saved in a checkpoint, or {}
+    when it cannot be read (read_checkpoint says why)."""
     try:
-        return json.loads((Path(path) / STATE_NAME).read_text())
+        saved = json.loads((Path(path) / STATE_NAME).read_text())
+        return checkpoint_components(saved)["trainer"] if isinstance(saved, dict) else {}
     except (OSError, ValueError):
         return {}
 

@@ -11,7 +11,10 @@ from launch.data.batching import make_dataloader, make_dataset
 from launch.data.prepare import prepare_data
 from launch.data.splits import concat_splits
 from launch.errors import check_writable
-from launch.runtime import choose_precision, make_accelerator, rank_print, resolve_device
+from launch.runtime.accelerator import make_accelerator
+from launch.runtime.devices import resolve_device
+from launch.runtime.precision import choose_precision
+from launch.runtime.processes import rank_print
 from launch.settings.commands import EvaluateSettings
 from launch.settings.config import RUN_CONFIG_NAME, TrainConfig, saved_run_config
 from launch.settings.fields import replace_paths

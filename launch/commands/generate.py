@@ -14,7 +14,8 @@ from launch.checkpoints.folders import resolve_weights
 from launch.checkpoints.restoring import read_trainer_state
 from launch.checkpoints.weights import weights_tokenizer
 from launch.errors import UserError
-from launch.runtime import available_device, choose_precision
+from launch.runtime.devices import available_device
+from launch.runtime.precision import choose_precision
 from launch.settings.commands import GenerateSettings
 
 

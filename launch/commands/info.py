@@ -8,9 +8,10 @@ import json
 from gpt_core import get_preset, load_pretrained
 from launch.bench.measure import measure_our_training
 from launch.checkpoints.folders import resolve_weights
-from launch.runtime import cpu_bf16_features, cpu_bf16_line, cpu_bf16_speedup, cpu_precision_advice, resolve_device
+from launch.runtime.devices import resolve_device
+from launch.runtime.precision import cpu_bf16_features, cpu_bf16_line, cpu_bf16_speedup, cpu_precision_advice
 from launch.settings.commands import InfoSettings
-from launch.settings.config import default_batch_size
+from launch.settings.config import batch_size_on
 
 
 def describe(checkpoint: str | None, s: InfoSettings) -> list[str]:
@@ -20,7 +21,7 @@ def describe(checkpoint: str | None, s: InfoSettings) -> list[str]:
     else:
         folder = resolve_weights(checkpoint)
         config, source = load_pretrained(folder).config, str(folder)
-    batch = s.batch_size or default_batch_size(dev.type)
+    batch = batch_size_on(dev.type, s.batch_size)
     tokens_per_s = measure_our_training(config, dev, batch, steps=steps)
     flops = config.flops_per_token()
     lines = [

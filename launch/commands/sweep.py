@@ -19,7 +19,6 @@ default storage), trial-NNNN/ (a run folder each) and report/ (see sweep_report.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -31,10 +30,10 @@ from pathlib import Path
 
 from gpt_core.files import write_json
 from launch.errors import UserError, check_writable
-from launch.runtime import free_port
+from launch.runtime.processes import free_port
 from launch.settings.commands import SweepSettings
 from launch.settings.config import TrainConfig
-from launch.settings.fields import flag_of
+from launch.settings.fields import flag_for
 from launch.settings.sweep_space import SearchSpace, as_flags, load_space
 from launch.training.trial import TRIAL_ENV, make_pruner, open_storage, redact, retry_callback
 
@@ -60,7 +59,7 @@ def fixed_config(train_args: list[str], space: SearchSpace, command) -> TrainCon
     given = given_options(ctx, params)
     for name in SET_BY_THE_SWEEP:
         if name in given:
-            flag = flag_of(next(f for f in dataclasses.fields(TrainConfig) if f.name == name))
+            flag = flag_for(TrainConfig, name)
             raise UserError(
                 f"{flag} is the sweep's to set (each trial is a folder under its --output-dir); leave it out"
             )

@@ -11,7 +11,7 @@ import click
 
 from gpt_core import CheckpointError, ConfigError, GenerationError, TokenizerError
 from launch.errors import UserError
-from launch.runtime import TrainingInterrupted, rank_prefix
+from launch.runtime.processes import TrainingInterrupted, rank_prefix
 
 USER_ERRORS = (UserError, ConfigError, GenerationError, CheckpointError, TokenizerError)
 

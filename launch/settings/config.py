@@ -28,7 +28,7 @@ from gpt_core.tokenizer import GPT2_VOCAB_SIZE, TOKENIZER_NAME, TokenizerError, 
 from launch.checkpoints.weights import init_weights_config, init_weights_tokenizer
 from launch.errors import UserError, is_disk_full
 
-from .fields import check_fields, flag_of, setting
+from .fields import check_fields, flag_for, setting
 
 PAPER_PROMPTS = ("Once upon a time", "The little girl", "In a magical forest", "The brave knight")
 SMOKE_DATA = Path(__file__).parents[1] / "configs" / "smoke_stories.jsonl"
@@ -36,9 +36,11 @@ RUN_CONFIG_NAME = "train_config.json"  # a run folder's settings, written at eac
 BATCH_SIZE_RULE = "4 on a GPU (the paper's RTX 3050), 2 on a CPU"
 
 
-def default_batch_size(device_type: str) -> int:
-    """Rows per micro-batch when none is given: BATCH_SIZE_RULE."""
-    return 4 if device_type == "cuda" else 2
+def batch_size_on(device_type: str, given: int | str | None = None) -> int:
+    """Rows per micro-batch: the number given, else the device's default (BATCH_SIZE_RULE). A
+    training run's "auto" is found before this is asked (training/autobatch.py); elsewhere it
+    stands for the default too."""
+    return given if isinstance(given, int) else 4 if device_type == "cuda" else 2
 
 
 @dataclass(frozen=True)
@@ -318,8 +320,9 @@ class TrainConfig:
 
     def architecture_flags(self) -> list[str]:
         """The flags given that chose the model's architecture (without them, --init-from's weights choose)."""
-        fields = {f.name: f for f in dataclasses.fields(self)}
-        return [flag_of(fields[n]) for n in ("preset", "model_config_file", "norm") if getattr(self, n) is not None]
+        return [
+            flag_for(TrainConfig, n) for n in ("preset", "model_config_file", "norm") if getattr(self, n) is not None
+        ]
 
     def model_config(self) -> GPTConfig:
         overrides = {k: v for k, v in (("norm", self.norm), ("dropout", self.dropout)) if v is not None}

@@ -47,6 +47,11 @@ def flag_of(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
+def flag_for(cls, dotted: str) -> str:
+    """The flag of the setting `dotted` ("init_from", "data.tokenizer") of settings class `cls`."""
+    return next(flag_of(f) for name, f, _ in leaf_fields(cls) if name == dotted)
+
+
 def choices_of(annotation) -> tuple | None:
     """('a', 'b') for Literal['a', 'b'] (also inside `| None`), else None."""
     if typing.get_origin(annotation) is Literal:

@@ -24,7 +24,7 @@ from typing import Any
 from gpt_core.errors import first_line
 from launch.errors import UserError
 
-from .config import TrainConfig, default_batch_size
+from .config import TrainConfig, batch_size_on
 from .fields import flag_of
 
 # train settings that say where and how a run is kept, not how it trains: a sweep sets them itself
@@ -107,9 +107,9 @@ class SearchSpace:
 
     @staticmethod
     def rows_per_update(base: TrainConfig) -> int:
-        from launch.runtime import resolve_device
+        from launch.runtime.devices import resolve_device
 
-        batch = base.batch_size if isinstance(base.batch_size, int) else default_batch_size(resolve_device().type)
+        batch = batch_size_on(resolve_device().type, base.batch_size)
         return batch * base.grad_accum
 
 

@@ -10,7 +10,7 @@ import math
 import torch
 
 from launch.errors import UserError
-from launch.settings.config import TrainConfig, default_batch_size
+from launch.settings.config import TrainConfig, batch_size_on
 
 
 def check_auto_batch(cfg: TrainConfig, device: torch.device) -> None:
@@ -18,7 +18,7 @@ def check_auto_batch(cfg: TrainConfig, device: torch.device) -> None:
     if cfg.batch_size == "auto" and device.type != "cuda":
         raise UserError(
             f"--batch-size auto finds the largest micro-batch that fits in a GPU's memory; on a {device.type.upper()} "
-            f"it does not apply: give --batch-size N (the default here is {default_batch_size(device.type)})"
+            f"it does not apply: give --batch-size N (the default here is {batch_size_on(device.type)})"
         )
 
 
@@ -27,7 +27,7 @@ def resolve_auto_batch(cfg: TrainConfig, accelerator, model) -> TrainConfig:
     then resumes with exactly that batch), every process taking the smallest any of them found."""
     if cfg.batch_size != "auto":
         return cfg
-    rows = default_batch_size("cuda") * cfg.grad_accum  # what one optimizer step trains on
+    rows = batch_size_on("cuda") * cfg.grad_accum  # what one optimizer step trains on
     found = largest_batch(model, accelerator, rows)
     batch = int(accelerator.gather(torch.tensor([found], device=accelerator.device)).min())
     accumulation = math.ceil(rows / batch)

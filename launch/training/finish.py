@@ -10,7 +10,8 @@ import torch
 
 from gpt_core import Tokenizer, generate, load_pretrained
 from launch.checkpoints.folders import find_best
-from launch.runtime import device_name, fault_point
+from launch.runtime.devices import device_name
+from launch.runtime.processes import fault_point
 from launch.tracking.curves import plot_curves
 from launch.tracking.summary import RunSummary
 from launch.tracking.trackers import read_metrics, scrub

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from gpt_core import GPT
+from launch.checkpoints.folders import checkpoint_components
 from launch.checkpoints.restoring import load_training_state, read_checkpoint, saved_process_count
 from launch.checkpoints.saving import remove_stale_temporaries, save_best, save_checkpoint, store_weights_once
 from launch.checkpoints.weights import check_initial_weights, load_initial_weights
@@ -30,20 +31,14 @@ from launch.data.batching import make_loaders
 from launch.data.prepare import prepare_data
 from launch.errors import UserError
 from launch.progress import progress
-from launch.runtime import (
-    StopSignal,
-    TrainingInterrupted,
-    any_process,
-    check_compile,
-    collective_errors,
-    make_accelerator,
-    rank_print,
-)
-from launch.settings.config import TrainConfig, default_batch_size
+from launch.runtime.accelerator import check_compile, collective_errors, make_accelerator
+from launch.runtime.processes import StopSignal, TrainingInterrupted, any_process, rank_print
+from launch.settings.config import TrainConfig, batch_size_on
 from launch.tracking.trackers import RunLog
 
 from .autobatch import check_auto_batch, resolve_auto_batch
 from .evaluation import evaluate, metrics_text, perplexity
+from .finish import test_and_summarise
 from .optim import build_optimizer, check_optimizer, ignored_settings, lr_at
 from .profiling import StepProfiler
 from .resume import for_process_count, starting_point
@@ -57,18 +52,77 @@ from .state import (
     StopKind,
     StopReason,
     TokenCount,
+    TrainerState,
     Validation,
 )
 from .trial import TrialReport
 
 
 # ---------------------------------------------------------------------------------------------
-# Building a run
+# Building a run: each part made in the order it needs the others, then the Run, whole
 # ---------------------------------------------------------------------------------------------
 def build_run(cfg: TrainConfig, resume_from: Path | None) -> Run:
+    check_run_dir(Path(cfg.output_dir))
+    accelerator = _accelerator(cfg)
+    model_config = cfg.model_config()
+    # data: the first process to take the cache's lock tokenizes, the others say they wait, then read it
+    data = prepare_data(cfg.data, cfg.seed, log=accelerator.print, every_rank=rank_print)
+    model = _model(cfg, model_config, accelerator, resume_from)
+    cfg = resolve_auto_batch(cfg, accelerator, model)
+    batch_size = batch_size_on(accelerator.device.type, cfg.batch_size)
+    pin, context = accelerator.device.type == "cuda", model_config.context_length
+    loaders = make_loaders(data.splits, context, cfg.layout, batch_size, cfg.seed, pin, accelerator.print)
+    if cfg.compile:
+        # In place: the module keeps its own parameter names (a torch.compile wrapper would prefix
+        # each with `_orig_mod.`), so checkpoints, DeepSpeed and resumes see the same model either way.
+        model.compile()
+    optimizer = build_optimizer(model, cfg, accelerator.device)
+    store_weights_once(accelerator)
+    model, optimizer, *prepared = accelerator.prepare(model, optimizer, *loaders.values())
+    loaders = dict(zip(loaders, prepared, strict=True))
+    batches_per_epoch, total_steps = _plan_length(cfg, accelerator, loaders["train"], batch_size, context)
+    _open_run_folder(Path(cfg.output_dir), accelerator)
+    state, early = TrainerState(), EarlyStopping(cfg.patience)
+    if resume_from is not None:
+        _restore(resume_from, model_config, data, model, state, early, accelerator, cfg.seed)
+        accelerator.print(
+            f"resume: {resume_from} (step {state.step}, epoch {state.epoch + 1}, "
+            f"batch {state.batch_in_epoch} of {batches_per_epoch})"
+        )
+    state.mixed_precision = accelerator.mixed_precision
+    log = _open_log(cfg, accelerator, data, resumed_step=state.step if resume_from is not None else None)
+    profiler = StepProfiler(cfg.profile_steps, Path(cfg.output_dir), state.step)
+    return Run(
+        cfg,
+        accelerator,
+        model_config,
+        data,
+        model,
+        optimizer,
+        loaders,
+        batch_size,
+        Path(cfg.output_dir),
+        total_steps,
+        batches_per_epoch,
+        state=state,
+        early=early,
+        validation=Validation(cfg.eval_every),
+        checkpointing=Checkpointing(cfg.save_every),
+        trial=TrialReport.from_environment(),
+        tokens=TokenCount(accelerator, cfg.layout == "packed"),
+        window=LossWindow(accelerator.device, state.tokens, cfg.log_every),
+        profiler=profiler,
+        log=log,
+        progress=progress(total_steps, "train", "step", state.step, enabled=accelerator.is_local_main_process),
+        session_start_step=state.step,
+        loss_scale=accelerator.scaler.get_scale() if accelerator.scaler is not None else 1.0,  # restored too
+    )
+
+
+def _accelerator(cfg: TrainConfig):
+    """The Accelerator for these settings, after refusing what its engine cannot run."""
     from accelerate.utils import DataLoaderConfiguration, set_seed
 
-    check_run_dir(Path(cfg.output_dir))
     accelerator = make_accelerator(
         cfg.collective_timeout,
         gradient_accumulation_steps=cfg.grad_accum,
@@ -83,9 +137,11 @@ def build_run(cfg: TrainConfig, resume_from: Path | None) -> Run:
     for note in ignored_settings(cfg):
         accelerator.print(f"note: {note}")
     check_auto_batch(cfg, accelerator.device)
-    model_config = cfg.model_config()
-    # data: the first process to take the cache's lock tokenizes, the others say they wait, then read it
-    data = prepare_data(cfg.data, cfg.seed, log=accelerator.print, every_rank=rank_print)
+    return accelerator
+
+
+def _model(cfg: TrainConfig, model_config, accelerator, resume_from: Path | None) -> GPT:
+    """The model: new, or --init-from's weights when the run starts (a resume loads its own later)."""
     model = GPT(model_config)
     source = f"from {cfg.init_from}" if cfg.init_from and not cfg.preset else f"preset {cfg.preset or 'paper'}"
     accelerator.print(f"model: {source}, {model.num_params():,} parameters, norm={model_config.norm}")
@@ -93,101 +149,71 @@ def build_run(cfg: TrainConfig, resume_from: Path | None) -> Run:
         folder = load_initial_weights(model, cfg.init_from, cfg.data.tokenizer, cfg.architecture_flags())
         accelerator.print(f"init: weights from {folder}; the optimizer, schedule and step start fresh")
     model.activation_checkpointing = cfg.activation_checkpointing
-    cfg = resolve_auto_batch(cfg, accelerator, model)
-    batch_size = cfg.batch_size or default_batch_size(accelerator.device.type)
-    pin, context = accelerator.device.type == "cuda", model_config.context_length
-    loaders = make_loaders(data.splits, context, cfg.layout, batch_size, cfg.seed, pin, accelerator.print)
-    if cfg.compile:
-        # In place: the module keeps its own parameter names (a torch.compile wrapper would prefix
-        # each with `_orig_mod.`), so checkpoints, DeepSpeed and resumes see the same model either way.
-        model.compile()
-    optimizer = build_optimizer(model, cfg, accelerator.device)
-    store_weights_once(accelerator)
-    model, optimizer, *prepared = accelerator.prepare(model, optimizer, *loaders.values())
-    run = Run(
-        cfg,
-        accelerator,
-        model_config,
-        data,
-        model,
-        optimizer,
-        dict(zip(loaders, prepared, strict=True)),
-        batch_size,
-        Path(cfg.output_dir),
-        early=EarlyStopping(cfg.patience),
-        trial=TrialReport.from_environment(),
-        validation=Validation(cfg.eval_every),
-        checkpointing=Checkpointing(cfg.save_every),
-        tokens=TokenCount(accelerator, cfg.layout == "packed"),
-    )
-    _plan_length(run)
-    _open_run_folder(run, resume_from)
-    return run
+    return model
 
 
-def _open_run_folder(run: Run, resume_from: Path | None) -> None:
-    """Create the folder, clear what an interrupted save left, restore a checkpoint, open the logs."""
-    cfg, accelerator = run.cfg, run.accelerator
+def _open_run_folder(run_dir: Path, accelerator) -> None:
+    """Create the folder and clear what an interrupted save left there."""
     if accelerator.is_main_process:
-        check_run_dir(run.run_dir, create=True)
-        stale = remove_stale_temporaries(run.run_dir)
+        check_run_dir(run_dir, create=True)
+        stale = remove_stale_temporaries(run_dir)
         if stale:
-            run.say(
+            accelerator.print(
                 f"checkpoint: removed {len(stale)} unfinished temporary folder(s) of an interrupted save: "
                 f"{', '.join(stale)}"
             )
-    if resume_from is not None:
-        _restore(run, resume_from)
-    run.session_start_step = run.state.step
-    run.loss_scale = accelerator.scaler.get_scale() if accelerator.scaler is not None else None  # restored too
-    run.state.mixed_precision = accelerator.mixed_precision
-    resumed_step = run.state.step if resume_from is not None else None
-    name = cfg.run_name or run.run_dir.name
-    run.log = RunLog(accelerator, run.run_dir, cfg.tracker, cfg.project, name, cfg.to_dict(), resumed_step)
-    if accelerator.is_main_process:
-        cfg.save(run.run_dir)
-        run.data.tokenizer.save(run.run_dir)  # the run's own copy, should the tokenizer file move
 
 
-def _plan_length(run: Run) -> None:
-    """The run's length in optimizer steps: epochs, cut by --max-steps / --max-tokens."""
-    cfg, acc = run.cfg, run.accelerator
-    run.batches_per_epoch = len(run.loaders["train"])
-    if run.batches_per_epoch == 0:
+def _plan_length(cfg: TrainConfig, acc, train_loader, batch_size: int, context: int) -> tuple[int, int]:
+    """(micro-batches per epoch per process, optimizer steps in all): epochs, cut by --max-steps / --max-tokens."""
+    batches_per_epoch = len(train_loader)
+    if batches_per_epoch == 0:
         raise UserError(
-            f"the train split has {len(run.loaders['train'].dataset)} rows, fewer than one batch per process "
-            f"({run.batch_size} x {acc.num_processes}); lower --batch-size or give --data more stories"
+            f"the train split has {len(train_loader.dataset)} rows, fewer than one batch per process "
+            f"({batch_size} x {acc.num_processes}); lower --batch-size or give --data more stories"
         )
-    steps_per_epoch = math.ceil(run.batches_per_epoch / cfg.grad_accum)
-    tokens_per_step = run.batch_size * run.model_config.context_length * cfg.grad_accum * acc.num_processes
-    run.total_steps = min(
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
+    tokens_per_step = batch_size * context * cfg.grad_accum * acc.num_processes
+    total_steps = min(
         cfg.epochs * steps_per_epoch,
         cfg.max_steps or math.inf,
         math.ceil(cfg.max_tokens / tokens_per_step) if cfg.max_tokens else math.inf,
     )
     acc.print(
         f"train: {acc.num_processes} process(es) on {acc.device}, mixed precision {acc.mixed_precision}, batch "
-        f"{run.batch_size} x accumulation {cfg.grad_accum} x {acc.num_processes} = {tokens_per_step:,} tokens per "
-        f"optimizer step, {run.total_steps:,} steps ({steps_per_epoch:,} per epoch)"
+        f"{batch_size} x accumulation {cfg.grad_accum} x {acc.num_processes} = {tokens_per_step:,} tokens per "
+        f"optimizer step, {total_steps:,} steps ({steps_per_epoch:,} per epoch)"
     )
+    return batches_per_epoch, total_steps
 
 
-def _restore(run: Run, path: Path) -> None:
+def _restore(path: Path, model_config, data, model, state: TrainerState, early: EarlyStopping, accelerator, seed):
+    """The checkpoint's weights, optimizer, scaler and RNG states, then each lasting component's own
+    state; under another number of processes, the epoch's position counted in this launch's batches
+    and fresh random streams."""
     from accelerate.utils import set_seed
 
-    saved = read_checkpoint(path, run.model_config, run.data.tokenizer)
-    load_training_state(run.accelerator, run.model, path)
-    run.state.load_state_dict(saved)
-    run.early.load_state_dict(saved)
-    saved_processes, processes = saved_process_count(path), run.accelerator.num_processes
-    if saved_processes != processes:  # the epoch's position in this launch's batches; fresh random streams
-        run.state.batch_in_epoch = run.state.batch_in_epoch * saved_processes // processes
-        run.accelerator.step = run.state.batch_in_epoch  # where gradient accumulation stands in the epoch
-        set_seed(run.cfg.seed + run.state.step, device_specific=True)
-    run.say(
-        f"resume: {path} (step {run.state.step}, epoch {run.state.epoch + 1}, "
-        f"batch {run.state.batch_in_epoch} of {run.batches_per_epoch})"
-    )
+    saved = read_checkpoint(path, model_config, data.tokenizer)  # it fits this model and tokenizer
+    load_training_state(accelerator, model, path)
+    components = checkpoint_components(saved)
+    state.load_state_dict(components["trainer"])
+    early.load_state_dict(components["early_stopping"])
+    saved_processes, processes = saved_process_count(path), accelerator.num_processes
+    if saved_processes != processes:
+        state.batch_in_epoch = state.batch_in_epoch * saved_processes // processes
+        accelerator.step = state.batch_in_epoch  # where gradient accumulation stands in the epoch
+        set_seed(seed + state.step, device_specific=True)
+
+
+def _open_log(cfg: TrainConfig, accelerator, data, resumed_step: int | None) -> RunLog:
+    """The run's logs (metrics.jsonl and the tracker), and its settings and tokenizer saved beside them."""
+    run_dir = Path(cfg.output_dir)
+    name = cfg.run_name or run_dir.name
+    log = RunLog(accelerator, run_dir, cfg.tracker, cfg.project, name, cfg.to_dict(), resumed_step)
+    if accelerator.is_main_process:
+        cfg.save(run_dir)
+        data.tokenizer.save(run_dir)  # the run's own copy, should the tokenizer file move
+    return log
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,13 +234,9 @@ def train(cfg: TrainConfig) -> dict:
             return finish_run(run, run.state.stop_reason())
         if cfg.init_from and start.checkpoint is None:  # where fine-tuning starts from, before any step
             validate(run, epoch=0, epoch_end=False)
-        run.window = LossWindow(run.accelerator.device, run.state.tokens, cfg.log_every)
-        run.profiler = StepProfiler(cfg.profile_steps, run.run_dir, run.state.step)
         run.profiler.check_length(run.total_steps, run.say)
+        run.window.restart(run.state.tokens)  # tokens/s counts training from here
         reason = None
-        run.progress = progress(
-            run.total_steps, "train", "step", run.state.step, enabled=run.accelerator.is_local_main_process
-        )
         with StopSignal() as stop_signal, run.progress:
             run.model.train()
             while reason is None and run.state.epoch < cfg.epochs:
@@ -319,7 +341,7 @@ def log_training(run: Run, epoch: int) -> None:
             "loss": mean_loss,
             "perplexity": perplexity(mean_loss),
             "lr": run.optimizer.param_groups[0]["lr"],
-            "grad_norm": None if run.grad_norm is None else float(run.grad_norm),
+            "grad_norm": None if run.grad_norm is None else float(run.grad_norm),  # None: DeepSpeed clips itself
             "tokens": state.tokens,
             "tokens_per_s": tokens_per_s,
             "skipped_updates": state.skipped_updates,
@@ -339,7 +361,7 @@ def validate(run: Run, epoch: int, epoch_end: bool) -> StopReason | None:
         save_best(run.accelerator, run.model, run.spec, run.run_dir, run.checkpoint_state())
     if run.early.should_stop(run.accelerator):
         return run.early.reason()
-    return run.trial.prune(metrics, step, run.accelerator) if run.trial is not None else None
+    return run.trial.prune(metrics, step, run.accelerator)
 
 
 def save(run: Run, why: str) -> None:
@@ -371,11 +393,8 @@ def pause_reason(run: Run, stop_signal: StopSignal) -> StopReason | None:
 
 def finish_run(run: Run, reason: StopReason) -> dict:
     """A paused run only says how to continue; a finished one is tested and summarised."""
-    from .finish import test_and_summarise
-
     run.tokens.settle(run.state)
-    if run.profiler is not None:
-        run.profiler.close()
+    run.profiler.close()
     if reason.finished:
         summary = test_and_summarise(run, str(reason))
     else:

@@ -1,5 +1,6 @@
 """The loop's small state objects. Each owns one concern and, where it lasts across a resume,
-saves and restores itself (`state_dict` / `load_state_dict`) in every checkpoint's trainer_state.json."""
+saves and restores itself (`state_dict` / `load_state_dict`) under its own key of every checkpoint's
+trainer_state.json (`Run.checkpoint_state`)."""
 
 from __future__ import annotations
 

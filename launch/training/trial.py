@@ -17,7 +17,7 @@ import time
 
 from gpt_core.errors import first_line
 from launch.errors import UserError
-from launch.runtime import any_process
+from launch.runtime.processes import any_process
 
 from .state import StopKind, StopReason
 
@@ -89,16 +89,17 @@ def make_pruner(name: str, prune_after: int = 4):
 
 
 class TrialReport:
-    """The run's side of a trial: report, and ask whether to stop."""
+    """The run's side of a trial: report, and ask whether to stop. A run that is no trial (`spec`
+    None) reports nothing and is never pruned."""
 
-    def __init__(self, spec: dict):
+    def __init__(self, spec: dict | None):
         self.spec = spec
         self._trial = None
 
     @classmethod
-    def from_environment(cls) -> TrialReport | None:
+    def from_environment(cls) -> TrialReport:
         raw = os.environ.get(TRIAL_ENV)
-        return cls(json.loads(raw)) if raw else None
+        return cls(json.loads(raw) if raw else None)
 
     def trial(self):
         if self._trial is None:
@@ -115,6 +116,8 @@ class TrialReport:
 
     def prune(self, metrics: dict, step: int, accelerator) -> StopReason | None:
         """Report this validation (main process); every process learns the pruner's answer together."""
+        if self.spec is None:
+            return None
         hopeless = False
         if accelerator.is_main_process:
             trial = self.trial()

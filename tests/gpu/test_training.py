@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from gpt_core import GPT, load_pretrained
-from launch.runtime import supports_precision
+from launch.checkpoints.restoring import read_trainer_state
+from launch.runtime.precision import supports_precision
 from tests.gpu.conftest import close, device_env, same_run
 from tests.helpers import invoke, outcome, records, train_here
 from tests.launch.training.test_optim import expected_lr
@@ -41,7 +42,7 @@ def test_bf16_pauses_and_resumes_exactly_with_recomputation_a_trained_tokenizer_
     summary = json.loads((resumed / "summary.json").read_text())
     assert summary["hardware"]["mixed_precision"] == "bf16" and summary["model"]["vocab_size"] == 512
     assert (resumed / "checkpoints" / "best" / "tokenizer.json").is_file()
-    state = json.loads((resumed / "checkpoints" / "best" / "trainer_state.json").read_text())
+    state = read_trainer_state(resumed / "checkpoints" / "best")
     assert state["mixed_precision"] == "bf16"  # what evaluate and generate follow
 
 
@@ -140,7 +141,7 @@ def test_a_skipped_fp16_update_is_not_a_step_and_the_scaler_resumes(device, tmp_
     for r in train:  # and left the schedule where it was: step 1 warms up from the start
         assert r["lr"] == pytest.approx(expected_lr("linear", r["step"] - 1, min_lr=1e-4, warmup=2, total=6), rel=1e-12)
     assert [r["tokens"] for r in train] == [2 * 2 * 32 * r["step"] for r in train]  # their tokens not counted
-    state = json.loads((tmp_path / "run" / "checkpoints" / "step-0000006" / "trainer_state.json").read_text())
+    state = read_trainer_state(tmp_path / "run" / "checkpoints" / "step-0000006")
     assert state["epoch"] * 14 + state["batch_in_epoch"] == (6 + 2) * 2  # but their batches were used up
     assert state["skipped_updates"] == 2
     # the scaler came back from the pause: two halvings of 2**16 and six good steps since, as if never paused

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from launch.data.batching import make_dataloader, make_dataset
 from launch.data.prepare import prepare_data
-from launch.runtime import make_accelerator
+from launch.runtime.accelerator import make_accelerator
 from launch.settings.config import DataConfig, smoke_config
 from launch.training.loop import train
 

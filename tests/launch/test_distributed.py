@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from launch.checkpoints.restoring import read_trainer_state
 from launch.settings.config import SMOKE_DATA
 from tests.helpers import (
     PYTHON,
@@ -234,7 +235,7 @@ def test_sigterm_to_a_single_process_launcher_checkpoints_instead_of_orphaning(t
     finish(launcher, tmp_path / "run.log", timeout=60)
     training.wait(timeout=60)  # it stops: no orphan keeps training
     saved = sorted((out / "checkpoints").glob("step-*"))[-1]
-    state = json.loads((saved / "trainer_state.json").read_text())
+    state = read_trainer_state(saved)
     assert 4 <= state["step"] < 60 and not state.get("finished")
     resumed = invoke(*args[6:], "--resume", "auto", check=True)  # the same `train` command, in this process
     assert "resume: " in resumed.stdout and json.loads((out / "summary.json").read_text())["steps"] == 60
@@ -302,7 +303,7 @@ def test_sigterm_to_every_process_as_slurm_sends_it_saves_once_on_every_rank(tmp
     assert len(steps) == 1, steps  # the same step on both ranks
     assert "interrupted twice" not in output
     saved = sorted((out / "checkpoints").glob("step-*"))[-1]
-    assert not json.loads((saved / "trainer_state.json").read_text()).get("finished")
+    assert not read_trainer_state(saved).get("finished")
 
 
 def test_a_failing_launch_with_q_shows_our_one_line_and_no_traceback(tmp_path):

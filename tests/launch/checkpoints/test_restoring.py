@@ -10,7 +10,7 @@ from gpt_core import GPT, load_pretrained
 from launch.checkpoints.folders import step_checkpoints
 from launch.checkpoints.restoring import load_training_state, plain_model
 from launch.checkpoints.saving import store_weights_once
-from launch.runtime import make_accelerator
+from launch.runtime.accelerator import make_accelerator
 from launch.settings.config import TrainConfig
 from launch.training.optim import build_optimizer
 from tests.faults import one_error_line, train, train_args

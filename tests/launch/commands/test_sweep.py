@@ -173,7 +173,7 @@ def postgres_server(tmp_path):
     initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
     if not (initdb and pg_ctl):
         pytest.skip("PostgreSQL is not installed (initdb, pg_ctl)")
-    from launch.runtime import free_port
+    from launch.runtime.processes import free_port
 
     # the server's own folder, outside pytest's (root-only) tree when the server runs as `postgres`
     home, port = Path(tempfile.mkdtemp(prefix="gpt-launch-postgres-")), free_port()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from gpt_core import load_pretrained, load_tokenizer
+from launch.checkpoints.restoring import read_trainer_state
 from launch.settings.config import SMOKE_DATA, DataConfig
 from tests.faults import (
     one_error_line,
@@ -79,6 +80,29 @@ def test_recipe_smoke_run_end_to_end_with_wandb_offline(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_checkpoint_state_is_kept_per_component_and_a_flat_one_from_before_still_resumes(
+    tmp_path, paused_run, finished_run
+):
+    """trainer_state.json holds each lasting component's state under its own key. A checkpoint
+    written before that (flat_trainer_state.json: this paused run's step 4, as the earlier code wrote
+    it) resumes, and the run ends logging what the uninterrupted resume logged."""
+    import shutil
+
+    step = paused_run / "checkpoints" / "step-0000004"
+    nested = json.loads((step / "trainer_state.json").read_text())
+    assert set(nested) == {"trainer", "early_stopping"} and nested["trainer"]["step"] == 4
+    flat = json.loads((Path(__file__).parent / "flat_trainer_state.json").read_text())
+    assert set(flat) == set(nested["trainer"]) | set(nested["early_stopping"])  # every key, side by side
+    assert {k: flat[k] for k in ("step", "epoch", "batch_in_epoch", "tokens")} == {
+        k: nested["trainer"][k] for k in ("step", "epoch", "batch_in_epoch", "tokens")
+    }
+    run = tmp_path / "run"
+    shutil.copytree(paused_run, run)
+    (run / "checkpoints" / "step-0000004" / "trainer_state.json").write_text(json.dumps(flat))
+    train_here(run, "--max-steps", "8", "--eval-every", "2", "--resume", "auto")  # as finished_run was resumed
+    assert outcome(run) == outcome(finished_run)
+
+
 def test_resume_with_dropout_continues_bit_for_bit(tmp_path, reference_run, monkeypatch):
     """A paused run resumed with nothing but `--resume auto --output-dir`: the run's own settings
     come back, and it logs the same losses, lr, evaluations and test as one that never stopped."""
@@ -112,7 +136,7 @@ def test_resume_mid_epoch_lands_on_the_next_batch(tmp_path, reference_run):
     # 7 micro-batches per epoch, accumulation 2: a pause after step 2 is 4 batches into epoch 1
     out = tmp_path / "resumed"
     train_here(out, *REFERENCE, "--stop-after-steps", "2")
-    state = json.loads(next((out / "checkpoints").glob("step-*/trainer_state.json")).read_text())
+    state = read_trainer_state(next((out / "checkpoints").glob("step-*")))
     assert state["batch_in_epoch"] == 4 and state["epoch"] == 0
     train_here(out, *REFERENCE, "--resume", "auto")
     assert losses(out) == losses(reference_run)

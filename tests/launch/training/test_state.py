@@ -22,7 +22,7 @@ from launch.training.state import (
 
 @pytest.fixture  # per test: another test may reset Accelerate's one state per process
 def accelerator():
-    from launch.runtime import make_accelerator
+    from launch.runtime.accelerator import make_accelerator
 
     return make_accelerator(cpu=True)
 
