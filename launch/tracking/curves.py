@@ -15,7 +15,9 @@ def plot_curves(records: list[dict], path: Path) -> Path:
     train = [r for r in records if r["kind"] == "train"]
     evals = [r for r in records if r["kind"] == "eval"]
     epoch_end = [r for r in evals if r.get("epoch_end")]
-    fig, axes = plt.subplots(3, 2, figsize=(11, 10), constrained_layout=True)
+    # Fixed margins: a constrained layout costs a second per plot, more than the plot itself.
+    fig, axes = plt.subplots(3, 2, figsize=(11, 10))
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.06, top=0.96, hspace=0.4, wspace=0.22)
     for row, (metric, label) in enumerate(
         [("loss", "loss"), ("perplexity", "perplexity"), ("accuracy", "token accuracy")]
     ):

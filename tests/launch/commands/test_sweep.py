@@ -215,3 +215,24 @@ def test_trials_that_all_fail_stop_the_worker_in_one_line(tmp_path):
     result = invoke(*sweep_args(tmp_path / "failing", "--trials", "4"), "--data", tmp_path / "missing.jsonl")
     assert result.exit_code == 2 and "3 trials in a row failed" in result.stderr
     assert [t.state.name for t in study_of(tmp_path / "failing").get_trials()] == ["FAIL"] * 3
+
+
+def test_two_workers_never_draw_the_same_random_start_and_one_seed_repeats_itself():
+    """Each trial's sampler is seeded by the sweep's seed and the trial's number: trials of one study
+    drawn by different workers differ, and the same number with the same seed draws the same."""
+    from launch.commands.sweep import sampler_for
+    from launch.settings.commands import SweepSettings
+
+    lr = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    settings = SweepSettings(sampler_seed=7)
+    study = optuna.create_study()
+    drawn = []
+    for number in range(4):  # TPE's first 4 trials are random starts
+        study.sampler = sampler_for(settings, number)
+        drawn.append(study.ask(lr).params["lr"])
+    assert len(set(drawn)) == 4
+    again = optuna.create_study(sampler=sampler_for(settings, 2))
+    assert again.ask(lr).params["lr"] == drawn[2]  # whichever worker draws trial 2, it draws this
+    repeat = optuna.create_study()
+    repeat.sampler = sampler_for(settings, 0)
+    assert repeat.ask(lr).params["lr"] == drawn[0]
