@@ -2,6 +2,7 @@
 two workers on one study (one killed mid-trial), and the report."""
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -67,10 +68,9 @@ def test_a_four_trial_sweep_is_four_ordinary_runs_its_best_is_theirs_and_the_see
     assert "data:image/png;base64," in (folder / "report" / "report.html").read_text()
     # the same seed draws the same trials; the study then refuses another space
     again = tmp_path / "again"
-    invoke(*sweep_args(again, "--trials", "2", "--sampler-seed", "7"), check=True)
-    assert [t.params for t in study_of(again).get_trials()] == [t.params for t in trials[:2]]
+    invoke(*sweep_args(again, "--trials", "1", "--sampler-seed", "7"), check=True)
     before = tree_digest(again)
-    changed = invoke(*sweep_args(again, "--trials", "2", "--sampler-seed", "7", space="lr: [0.001, 0.01]\n"))
+    changed = invoke(*sweep_args(again, "--trials", "1", "--sampler-seed", "7", space="lr: [0.001, 0.01]\n"))
     assert changed.exit_code == 2 and "was started with other space" in changed.stderr
     assert "new --study-name with its own --output-dir" in changed.stderr and tree_digest(again) == before
     # a second study in a finished study's folder is refused, and nothing of the first is touched
@@ -78,16 +78,20 @@ def test_a_four_trial_sweep_is_four_ordinary_runs_its_best_is_theirs_and_the_see
     assert other.exit_code == 2 and other.stderr.count("\n") == 1, other.stderr
     assert "holds study 'again'" in other.stderr and "give a new --output-dir" in other.stderr
     assert tree_digest(again) == before
-    # fewer --trials than finished: said in one line, none run; more: the study grows by the difference
+    # more --trials: the study grows by the difference, its finished trial untouched, and the seed
+    # draws what the first sweep drew (in another session, as by another worker)
+    invoke(*sweep_args(again, "--trials", "2", "--sampler-seed", "7"), check=True)
+    assert [t.params for t in study_of(again).get_trials()] == [t.params for t in trials[:2]]
+    assert [t.state.name for t in study_of(again).get_trials()] == ["COMPLETE"] * 2
+    assert json.loads((again / "sweep.json").read_text())["trials"] == 2
+    assert all(tree_digest(again)[k] == v for k, v in before.items() if k.startswith("trial-0000"))
+    # fewer --trials than finished: said in one line, and none run
+    grown = tree_digest(again)
     fewer = invoke(*sweep_args(again, "--trials", "1", "--sampler-seed", "7"), check=True)
     assert "already has 2 finished trial(s), --trials is 1: none to run" in fewer.stdout
     assert {k: v for k, v in tree_digest(again).items() if k.startswith("trial-")} == {
-        k: v for k, v in before.items() if k.startswith("trial-")
+        k: v for k, v in grown.items() if k.startswith("trial-")
     }
-    invoke(*sweep_args(again, "--trials", "3", "--sampler-seed", "7"), check=True)
-    assert [t.state.name for t in study_of(again).get_trials()] == ["COMPLETE"] * 3
-    assert json.loads((again / "sweep.json").read_text())["trials"] == 3
-    assert all(tree_digest(again)[k] == v for k, v in before.items() if k.startswith("trial-000"))
 
 
 def test_a_hopeless_trial_is_pruned_at_a_validation_and_is_a_finished_run(tmp_path):
@@ -96,12 +100,21 @@ def test_a_hopeless_trial_is_pruned_at_a_validation_and_is_a_finished_run(tmp_pa
     study = optuna.create_study(study_name="pruned", storage=f"sqlite:///{folder / 'study.db'}")
     for lr in (2e-2, 1e-7):  # one that learns, then one that cannot
         study.enqueue_trial({"lr": lr, "warmup_steps": 0})
-    invoke(*sweep_args(folder, "--trials", "2", "--pruner", "median", "--prune-after", "1"), check=True)
+    offline = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    flags = ("--trials", "2", "--pruner", "median", "--prune-after", "1", "--tracker", "wandb")
+    invoke(*sweep_args(folder, *flags), check=True, env=offline)
     states = [t.state.name for t in study_of(folder).get_trials()]
     assert states == ["COMPLETE", "PRUNED"]
     summary = json.loads((folder / "trial-0001" / "summary.json").read_text())
     assert summary["stop_reason"].startswith("pruned at step 2") and summary["steps"] == 2
     assert (folder / "trial-0001" / "checkpoints" / "best").exists() and summary["test"]["bits_per_byte"] > 0
+    # each trial's W&B run is grouped under the study (WANDB_RUN_GROUP), as its own run file records
+    from launch.tracking.wandb_files import wandb_records
+
+    for trial in ("trial-0000", "trial-0001"):
+        files = list((folder / trial).rglob("run-*.wandb"))
+        runs = [r.run for f in files for r in wandb_records(f) if r.WhichOneof("record_type") == "run"]
+        assert runs and {r.run_group for r in runs} == {"pruned"}, trial
 
 
 @pytest.mark.parametrize(
@@ -153,7 +166,8 @@ def test_two_workers_share_a_study_and_one_killed_mid_trial_is_retried_by_the_ot
     killed = next(t for t in study.get_trials() if t.state.name == "FAIL")
     retry = next(t for t in study.get_trials() if t.system_attrs.get("failed_trial") == killed.number)
     assert retry.params == killed.params and retry.user_attrs["run_dir"] == str(folder / "trial-0000")
-    assert "resum" in log.read_text().lower()  # the retry continued the killed trial's run
+    # the retry continued the killed trial's run from the checkpoint it saved on the way down
+    assert re.search(r"resume: \S+/trial-0000/checkpoints/step-\d+ \(step [1-9]", log.read_text()), log.read_text()
     config = json.loads((folder / "trial-0000" / "train_config.json").read_text())
     assert config["run_name"] == "shared-trial-0"  # named by its folder, not by the retry's number
     run_dirs = [t.user_attrs["run_dir"] for t in study.get_trials() if t.state.name == "COMPLETE"]
@@ -236,3 +250,30 @@ def test_two_workers_never_draw_the_same_random_start_and_one_seed_repeats_itsel
     repeat = optuna.create_study()
     repeat.sampler = sampler_for(settings, 0)
     assert repeat.ask(lr).params["lr"] == drawn[0]
+
+
+def test_a_worker_stopped_by_sigterm_lets_its_trial_save_and_queues_its_retry(tmp_path):
+    """SIGTERM to a worker (a scheduler's preemption) mid-trial: the trial's run saves, the trial is
+    failed and queued again with its settings, the worker exits saying how to continue; the same
+    command then resumes that trial from its checkpoint in the same folder."""
+    folder = tmp_path / "stopped"
+    args = [PYTHON, "-m", "launch.cli", *map(str, sweep_args(folder, "--trials", "1"))]
+    args[args.index("4", args.index("--max-steps"))] = "16"
+    worker = subprocess.Popen(
+        args, cwd=REPO, env=child_env({}), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    log = folder / "trial-0000.log"
+    deadline = time.time() + 120
+    while not (log.exists() and "train:" in log.read_text()) and time.time() < deadline:
+        time.sleep(0.5)
+    worker.send_signal(signal.SIGTERM)
+    output = worker.communicate(timeout=120)[0]
+    assert worker.returncode == 0 and "this worker stopped; start the same command again" in output, output
+    trials = study_of(folder).get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "WAITING"]
+    assert trials[1].system_attrs.get("failed_trial") == 0 and trials[1].params == trials[0].params
+    assert list((folder / "trial-0000" / "checkpoints").glob("step-*"))  # saved on the way down
+    again = run_cli(args, timeout=600)
+    assert "trial 1 (retry, resumed)" in again.stdout
+    assert re.search(r"resume: \S+/trial-0000/checkpoints/step-\d+ \(step [1-9]", log.read_text())
+    assert [t.state.name for t in study_of(folder).get_trials()] == ["FAIL", "COMPLETE"]
