@@ -24,6 +24,7 @@ from tests.helpers import (
     run_cli,
     tiny_run_options,
 )
+from tests.launch.training.test_optim import expected_lr
 
 pytestmark = pytest.mark.slow
 
@@ -330,7 +331,7 @@ def test_a_failing_launch_with_q_shows_our_one_line_and_no_traceback(tmp_path):
 
 
 # ---- a resume on another number of processes ---------------------------------------------------------
-RESIZED = ("--max-steps", "12", "--log-every", "1", "--save-every", "3")
+RESIZED = ("--max-steps", "12", "--log-every", "1", "--save-every", "3", "--warmup-steps", "2", "--min-lr", "3e-4")
 
 
 def test_a_run_resumes_on_another_number_of_processes_at_the_same_tokens_per_step(tmp_path):
@@ -356,6 +357,9 @@ def test_a_run_resumes_on_another_number_of_processes_at_the_same_tokens_per_ste
     train = [r for r in train if r["kind"] == "train"]
     assert [r["step"] for r in train] == list(range(1, 13))  # each step once, none lost or repeated
     assert [r["tokens"] for r in train] == [128 * s for s in range(1, 13)]
+    # the schedule did not move: each step's learning rate is the 12-step plan's (the smoke run's lr 3e-3, cosine)
+    planned = [expected_lr("cosine", s - 1, lr=3e-3, min_lr=3e-4, warmup=2, total=12) for s in range(1, 13)]
+    assert [r["lr"] for r in train] == pytest.approx(planned, rel=1e-12)
     assert json.loads((out / "train_config.json").read_text())["grad_accum"] == 2
 
 
