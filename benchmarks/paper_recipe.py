@@ -25,6 +25,8 @@ from launch.bench.measure import BUILT_IN, GRAD_CLIP, Implementation, plain_adam
 from launch.bench.run import format_table, run_bench
 from launch.settings.commands import BenchSettings
 
+from .results import write_result
+
 IMPLEMENTATIONS = {"ours": BUILT_IN["ours"], "paper": "benchmarks.paper_recipe:PAPER", "hf_gpt2": BUILT_IN["hf_gpt2"]}
 
 
@@ -117,6 +119,11 @@ def main() -> None:
     parser.add_argument("--grad-accum", type=int, default=2)
     parser.add_argument("--gen-tokens", type=int, default=300)
     parser.add_argument("--json-out", type=Path, default=None)
+    parser.add_argument(
+        "--save",
+        action="store_true",
+        help="keep the result, with its provenance, as benchmarks/results/paper_recipe.json",
+    )
     args = parser.parse_args()
     settings = BenchSettings(
         preset=args.preset,
@@ -131,6 +138,8 @@ def main() -> None:
     print(format_table(result))
     if args.json_out:
         args.json_out.write_text(json.dumps(result, indent=2) + "\n")
+    if args.save:
+        print(f"saved in {write_result('paper_recipe', result)}")
 
 
 if __name__ == "__main__":
