@@ -14,7 +14,7 @@ from launch.runtime.accelerator import make_accelerator
 from launch.settings.config import TrainConfig
 from launch.training.optim import build_optimizer
 from tests.faults import one_error_line, train, train_args
-from tests.helpers import REPO, invoke, run_cli
+from tests.helpers import REPO, invoke, run_cli, tree_digest
 
 
 def test_a_checkpoint_resumes_into_a_compiled_wrapper(paused_run):
@@ -69,8 +69,10 @@ def test_a_truncated_checkpoint_file_is_one_line_before_any_data_work(paused_run
     data = (step / name).read_bytes()
     (step / name).write_bytes(data[: len(data) // 2])
     shutil.rmtree(run.parent / "cache", ignore_errors=True)  # the run's data cache, if beside it
+    before = tree_digest(run)
     result = train(run, "--resume", "auto", "--data-cache", tmp_path / "cache", check=False)
     one_error_line(result, f"{step} is corrupt ({name}: ")
+    assert tree_digest(run) == before
     assert "resume from an older step-N folder" in result.stderr
     assert "data:" not in result.stdout and "model:" not in result.stdout and not (tmp_path / "cache").exists()
 

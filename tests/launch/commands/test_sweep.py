@@ -139,6 +139,13 @@ def test_a_bad_space_or_storage_is_one_line_before_any_work(tmp_path):
     unreachable = invoke(*sweep_args(tmp_path / "pg", "--storage", "postgresql://me:secret@127.0.0.1:1/none"))
     assert unreachable.exit_code == 2 and "cannot be used" in unreachable.stderr and "secret" not in unreachable.stderr
     assert not (tmp_path / "pg").exists()
+    for space, words in (
+        ("lr: [0.001]\nwarmup_steps: [0]\nlr: [0.01]\n", "lr is given twice (line 3); keep one"),
+        ('batch_size: {choices: [2], keep_tokens_per_step: "false"}\n', "keep_tokens_per_step must be true or false"),
+    ):
+        refused = invoke(*sweep_args(tmp_path / "space", space=space))
+        assert refused.exit_code == 2 and words in refused.stderr and refused.stderr.count("\n") == 1
+        assert not (tmp_path / "space").exists()
     both = invoke(*sweep_args(tmp_path / "both"), "--lr", "0.01")
     assert both.exit_code == 2 and "lr is both in SPACE and a fixed flag; keep it in one place" in both.stderr
     assert not (tmp_path / "both").exists()
