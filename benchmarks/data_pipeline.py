@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .results import write_result
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "tinystories"
 SENTENCE_END = re.compile(r"(?<=[.!?\"])\s+")
@@ -328,6 +330,9 @@ def main() -> None:
     bench.add_argument("--scratch", type=Path, default=None, help="folder for the caches [default: the system's temp]")
     bench.add_argument("--serve-seconds", type=float, default=5.0, help="how long each loader is timed")
     bench.add_argument("--json-out", type=Path, default=None)
+    bench.add_argument(
+        "--save", action="store_true", help="keep the result in benchmarks/results/ (named by the corpus)"
+    )
     args = parser.parse_args()
     if args.command == "corpus":
         write_corpus(args.out, args.stories, args.source, args.seed)
@@ -344,6 +349,8 @@ def main() -> None:
     print(format_result(result))
     if args.json_out:
         args.json_out.write_text(json.dumps(result, indent=2))
+    if args.save:
+        print(f"saved in {write_result(f'data_pipeline-{args.corpus.name}', result)}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from pathlib import Path
 from benchmarks.story_tokenizer import RECIPE, SCHEDULED_SHARE, cli, last_checkpoint_figures, tokens_per_second
 from gpt_core import get_preset
 
+from .results import write_result
+
 # name -> (changes to `small`, or a preset's name; extra train flags)
 VARIANTS = {
     "paper block (small)": ({}, []),
@@ -49,6 +51,9 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="Run these variants only (names as in the table).")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--json", default=None, help="Also write the figures here.")
+    parser.add_argument(
+        "--save", action="store_true", help="Keep the figures and their provenance in benchmarks/results/."
+    )
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -65,6 +70,8 @@ def main() -> None:
     print(format_table(results, args))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    if args.save:
+        print(f"saved in {write_result('modern_block', results)}")
 
 
 def prepare(args, work: Path) -> dict:

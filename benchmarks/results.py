@@ -59,5 +59,5 @@ def write_result(name: str, result: dict) -> Path:
 
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"provenance": provenance(), "result": result}, indent=2) + "\n")
+    path.write_text(json.dumps({"provenance": provenance(), "result": result}, indent=2, default=str) + "\n")
     return path

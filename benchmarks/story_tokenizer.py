@@ -31,6 +31,8 @@ from launch.data.prepare import prepare_data
 from launch.settings.config import DataConfig
 from launch.training.evaluation import byte_lengths
 
+from .results import write_result
+
 TOKENIZERS = {"GPT-2 BPE": None, "story BPE 4,096": 4096, "story BPE 1,024": 1024}
 PROBE_STEPS = 30
 SCHEDULED_SHARE = 0.95  # of the budget's steps at the probe's speed: validations and checkpoints take the rest
@@ -99,6 +101,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="Interleaved slices the budget is given in.")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--json", default=None, help="Also write the figures here.")
+    parser.add_argument(
+        "--save", action="store_true", help="Keep the figures and their provenance in benchmarks/results/."
+    )
     args = parser.parse_args()
     Path(args.work).mkdir(parents=True, exist_ok=True)
     results = probe(args)
@@ -107,6 +112,8 @@ def main() -> None:
     print(format_table(results, args))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    if args.save:
+        print(f"saved in {write_result('story_tokenizer', results)}")
 
 
 def data_flags(args) -> list[str]:
