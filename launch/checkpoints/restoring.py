@@ -82,8 +82,8 @@ def _unreadable_files(path: Path):
 
 
 def read_checkpoint(path: Path, config: GPTConfig, tokenizer: Tokenizer) -> dict:
-    """The trainer state of a resumable checkpoint, after checking it fits the model being trained."""
-    check_resumable(path)
+    """The saved state of a checkpoint that check_resumable passed, after checking it fits the model
+    being trained."""
     saved = GPTConfig.load(path / CONFIG_NAME)
     state = json.loads((path / STATE_NAME).read_text())
     if saved != config:

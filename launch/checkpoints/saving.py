@@ -27,7 +27,7 @@ from gpt_core.files import write_json
 from launch.errors import UserError, is_disk_full
 from launch.runtime.processes import fault_point
 
-from .folders import STATE_NAME, checkpoint_components, checkpoints_dir, step_checkpoints
+from .folders import STATE_NAME, checkpoints_dir, step_checkpoints
 
 
 class ModelSpec(NamedTuple):
@@ -102,7 +102,7 @@ def _disk_error(e: Exception, target: Path, run_dir: Path) -> UserError:
 def save_checkpoint(accelerator, model, spec: ModelSpec, run_dir: Path, trainer_state: dict, keep_last: int) -> Path:
     """All processes call this (DeepSpeed writes a shard per rank). Returns the new folder."""
     root = checkpoints_dir(run_dir)
-    final = root / f"step-{checkpoint_components(trainer_state)['trainer']['step']:07d}"
+    final = root / f"step-{trainer_state['trainer']['step']:07d}"
     tmp = root / f".tmp-{final.name}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)

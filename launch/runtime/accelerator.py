@@ -12,6 +12,7 @@ from launch.errors import UserError
 
 from .devices import has_accelerator_device
 from .precision import cpu_precision_advice
+from .processes import launched_engine, launched_processes
 
 
 def check_elastic_launch() -> None:
@@ -98,20 +99,20 @@ def make_accelerator(collective_timeout_s: float = 1800, **kwargs):
     find_shipped_deepspeed_config()
     timeout = timedelta(seconds=collective_timeout_s)
     kwargs["kwargs_handlers"] = [*kwargs.get("kwargs_handlers", []), InitProcessGroupKwargs(timeout=timeout)]
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    launched, engine = launched_processes(), launched_engine()
     if not has_accelerator_device():
         # DeepSpeed, imported by Accelerate's checkpoint code even in runs that do not use it, would
         # otherwise warn "Setting accelerator to CPU" after failing to find a GPU: we know there is none.
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if not has_accelerator_device() and launched > 1:
-        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        if engine == "FSDP":
             # Accelerate turns FSDP on only over a GPU-like process group; on CPUs every rank would
             # silently train alone (distributed type NO). Checked with accelerate 1.15.
             raise UserError(
                 "FSDP runs only on GPUs under Accelerate: on CPUs use DDP (launch/configs/multi_gpu.yaml with "
                 "--mixed_precision no) or DeepSpeed ZeRO-3 (launch/configs/deepspeed_zero3.yaml), which also shards"
             )
-        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        if engine == "DeepSpeed":
             PartialState(backend="gloo", timeout=timeout)
         else:
             kwargs["cpu"] = True

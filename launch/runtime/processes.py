@@ -20,10 +20,24 @@ class TrainingInterrupted(Exception):
         self.exit_code = exit_code
 
 
+def launched_processes() -> int:
+    """The processes this launch runs (accelerate launch / torchrun set WORLD_SIZE; 1 without them),
+    known before any Accelerator exists."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def launched_engine() -> str | None:
+    """ "DeepSpeed" or "FSDP" when `accelerate launch` started this process under one (it says so in
+    the environment before any Accelerator exists), else None."""
+    for engine in ("DeepSpeed", "FSDP"):
+        if os.environ.get(f"ACCELERATE_USE_{engine.upper()}", "false").lower() == "true":
+            return engine
+    return None
+
+
 def rank_prefix() -> str:
     """ "[rank N] " in a multi-process run (the launcher sets RANK and WORLD_SIZE), else ""."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return f"[rank {os.environ.get('RANK', '0')}] " if world > 1 else ""
+    return f"[rank {os.environ.get('RANK', '0')}] " if launched_processes() > 1 else ""
 
 
 def rank_print(message: str) -> None:

@@ -17,6 +17,7 @@ from launch.checkpoints.restoring import (
     saved_process_count,
 )
 from launch.errors import UserError
+from launch.runtime.processes import launched_engine, launched_processes
 from launch.settings.config import RUN_CONFIG_NAME, TrainConfig, saved_run_config, smoke_config
 from launch.settings.fields import flag_of, get_path, leaf_fields, replace_paths
 from launch.tracking.summary import SUMMARY_NAME
@@ -125,11 +126,6 @@ def resume_changes(saved: TrainConfig, now: TrainConfig) -> dict[str, list[str]]
     return grouped
 
 
-def launched_processes() -> int:
-    """The processes this launch runs (accelerate launch / torchrun set WORLD_SIZE; 1 without them)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def for_process_count(cfg: TrainConfig, checkpoint: Path, log=print) -> TrainConfig:
     """The settings that continue a checkpoint saved by another number of processes (a preempted
     8-GPU job back on 4): gradient accumulation takes up the difference, so the tokens per optimizer
@@ -138,8 +134,8 @@ def for_process_count(cfg: TrainConfig, checkpoint: Path, log=print) -> TrainCon
     saved, now = saved_process_count(checkpoint), launched_processes()
     if saved == now:
         return cfg
-    engine = sharding_engine(checkpoint)
-    if engine:
+    engine = launched_engine() or ("DeepSpeed" if (checkpoint / "state" / "pytorch_model").is_dir() else None)
+    if engine:  # its states are one per process
         raise UserError(
             f"{checkpoint} was saved by {saved} process(es) and this launch has {now}: {engine} keeps a shard of the "
             f"model and optimizer per process, which cannot be dealt out again here; launch {saved} process(es)"
@@ -160,13 +156,3 @@ def for_process_count(cfg: TrainConfig, checkpoint: Path, log=print) -> TrainCon
         "the continuation is no longer bit-exact (other data shards per process, fresh random streams)"
     )
     return dataclasses.replace(cfg, grad_accum=rows // now)
-
-
-def sharding_engine(checkpoint: Path) -> str | None:
-    """DeepSpeed or FSDP, when this launch or the checkpoint uses one (their states are per process)."""
-    launched = {
-        name: os.environ.get(f"ACCELERATE_USE_{name.upper()}", "").lower() == "true" for name in ("DeepSpeed", "FSDP")
-    }
-    if launched["DeepSpeed"] or (checkpoint / "state" / "pytorch_model").is_dir():
-        return "DeepSpeed"
-    return "FSDP" if launched["FSDP"] else None
