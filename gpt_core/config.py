@@ -98,9 +98,8 @@ class GPTConfig:
         if problems:  # a JSON "false" is a true string: nothing below may read a value of the wrong type
             raise ConfigError("invalid model config: " + "; ".join(problems))
         for name in ("vocab_size", "context_length", "n_layer", "n_head", "d_model", "d_ff"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                problems.append(f"{name} must be a positive integer, got {value!r}")
+            if getattr(self, name) < 1:  # an integer: checked above
+                problems.append(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if not problems and self.d_model % self.n_head:
             problems.append(
                 f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head}); "
@@ -122,9 +121,7 @@ class GPTConfig:
         ):
             if getattr(self, name) not in choices:
                 problems.append(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
-        if self.n_kv_head is not None and (
-            not isinstance(self.n_kv_head, int) or self.n_kv_head < 1 or self.n_head % self.n_kv_head
-        ):
+        if self.n_kv_head is not None and (self.n_kv_head < 1 or self.n_head % self.n_kv_head):
             problems.append(f"n_kv_head must divide n_head ({self.n_head}), got {self.n_kv_head!r}")
         for name in ("norm_eps", "rope_base"):
             if not getattr(self, name) > 0:

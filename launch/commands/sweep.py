@@ -82,13 +82,17 @@ def sampler_for(settings: SweepSettings, trial_number: int):
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=4)
 
 
+def study_name(settings: SweepSettings, folder: Path) -> str:
+    return settings.study_name or folder.resolve().name
+
+
 def open_study(settings: SweepSettings, folder: Path, record: dict):
     """The study, created by the first worker; a later one must bring the same space and flags."""
     import optuna
 
     url = settings.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
     storage = open_storage(url, settings.grace_period)
-    name = settings.study_name or folder.resolve().name
+    name = study_name(settings, folder)
     study = optuna.create_study(
         study_name=name,
         storage=storage,
@@ -153,7 +157,7 @@ def run_sweep(space_path: str, settings: SweepSettings, train_args: list[str], t
     check_writable(folder, "--output-dir")
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    check_folder_study(folder, settings.study_name or folder.resolve().name)
+    check_folder_study(folder, study_name(settings, folder))
     record = {  # what a later worker must bring alike; --trials is the study's target, which may grow
         "space": space.source,
         "train_args": list(train_args),
